@@ -1,0 +1,51 @@
+"""Test sessions. A bare `nox` runs exactly what CI runs (`nox -l` lists them with docs).
+
+Dependencies come from pyproject.toml's [dependency-groups]; arguments after `--` go to pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+# Inside `pixi run`/`pixi shell` the environment already holds torch (CUDA 13.0 build) and the
+# toolchain: let session venvs see it instead of downloading another torch.
+IN_PIXI = bool(os.environ.get("PIXI_ENVIRONMENT_NAME"))
+VENV_PARAMS = ["--system-site-packages"] if IN_PIXI else []
+
+
+def _install(session: nox.Session, group: str) -> None:
+    session.install(*nox.project.dependency_groups(PYPROJECT, group))
+    session.install("-e", ".")
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def tests(session: nox.Session) -> None:
+    """CPU test suite: manifest, pins, CLI, doctor, patches, build, fetch, serve (no GPU)."""
+    _install(session, "test")
+    session.run("pytest", "tests", "--ignore=tests/kernels", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS, default=bool(shutil.which("nvcc")))
+def kernel_tests(session: nox.Session) -> None:
+    """E2M1 / NVFP4 kernels: exhaustive CPU check, nvcc compile checks, GPU tests when a GPU is
+    present (skipped with a reason otherwise). Default only where nvcc exists."""
+    _install(session, "kernels")
+    session.run("pytest", "tests/kernels", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (style, imports, bugs) and mypy --strict on the package."""
+    _install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "turbo")
+    session.run("mypy")

@@ -1,0 +1,297 @@
+"""`doctor`: is this host ready to build and serve? One row per fact, each with what to do.
+
+Every probe of the host goes through :class:`Host`, so tests can hand in a fake machine and
+the real one is only touched here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from turbo import paths
+from turbo.console import render_table
+from turbo.pins import Pins
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+# A one-instruction kernel: ptxas accepts it only for targets with the E2M1 conversion.
+E2M1_PTX = """.version 9.0
+.target {target}
+.address_size 64
+.visible .entry probe(.param .u64 out) {{
+  .reg .b8 %c; .reg .f32 %a, %b; .reg .u64 %p; .reg .b16 %h;
+  mov.f32 %a, 0f3F800000; mov.f32 %b, 0f40000000;
+  cvt.rn.satfinite.e2m1x2.f32 %c, %a, %b;
+  ld.param.u64 %p, [out]; cvt.u16.u8 %h, %c; st.global.u16 [%p], %h;
+  ret;
+}}
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Host:
+    """The machine as doctor sees it. Each field is a probe; tests replace them."""
+
+    machine: Callable[[], str] = platform.machine
+    which: Callable[[str], str | None] = shutil.which
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    meminfo_path: Path = Path("/proc/meminfo")
+
+    def run(self, argv: list[str], timeout: float = 20.0) -> tuple[int, str]:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 127, str(exc)
+        return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+    def disk_free_gb(self, path: Path) -> float:
+        return shutil.disk_usage(paths.nearest_existing(path)).free / 1e9
+
+    def port_free(self, host: str, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+        return True
+
+    def meminfo_gb(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        try:
+            for line in self.meminfo_path.read_text().splitlines():
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    out[key] = int(parts[0]) * 1024 / 1e9
+        except OSError:
+            pass
+        return out
+
+
+def check_cpu(host: Host) -> Check:
+    arch = host.machine()
+    if arch == "aarch64":
+        return Check("cpu architecture", PASS, arch)
+    return Check("cpu architecture", WARN, f"{arch} (a DGX Spark is aarch64)",
+                 "Fine for tests and development; serving targets a DGX Spark.")
+
+
+def _nvidia_smi(host: Host) -> tuple[str, str, str] | None:
+    if not host.which("nvidia-smi"):
+        return None
+    rc, out = host.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version",
+                        "--format=csv,noheader"])
+    if rc != 0 or not out:
+        return None
+    fields = [f.strip() for f in out.splitlines()[0].split(",")]
+    if len(fields) < 3:
+        return None
+    return fields[0], fields[1], fields[2]
+
+
+def check_gpu(host: Host, smi: tuple[str, str, str] | None) -> Check:
+    if smi is None:
+        return Check("gpu", FAIL, "no NVIDIA GPU visible (nvidia-smi missing or failed)",
+                     "Run on the DGX Spark; check the driver with `nvidia-smi`.")
+    name, cc, _ = smi
+    if cc == "12.1":
+        return Check("gpu", PASS, f"{name}, compute capability {cc}")
+    return Check("gpu", WARN, f"{name}, compute capability {cc} (GB10 is 12.1)",
+                 "Kernels still run; arch list and speed figures target GB10.")
+
+
+def check_driver(smi: tuple[str, str, str] | None, pins: Pins) -> Check:
+    if smi is None:
+        return Check("driver", FAIL, "no NVIDIA driver answered",
+                     f"Install NVIDIA driver {pins.toolchain.min_driver} or newer.")
+    ver = smi[2]
+    try:
+        major = int(ver.split(".")[0])
+    except ValueError:
+        return Check("driver", WARN, f"unreadable driver version {ver!r}", "")
+    if major >= int(pins.toolchain.min_driver):
+        return Check("driver", PASS, ver)
+    return Check("driver", FAIL, f"{ver} is older than {pins.toolchain.min_driver}",
+                 f"CUDA {pins.toolchain.cuda} needs driver {pins.toolchain.min_driver}+; "
+                 "update the DGX OS.")
+
+
+def find_cuda_tool(host: Host, tool: str) -> str | None:
+    """A CUDA tool from CUDA_HOME (the pixi env sets it) first, then PATH."""
+    home = host.env.get("CUDA_HOME") or host.env.get("CUDA_PATH")
+    if home:
+        cand = Path(home) / "bin" / tool
+        if cand.exists():
+            return str(cand)
+    return host.which(tool)
+
+
+def check_cuda(host: Host, pins: Pins) -> list[Check]:
+    nvcc = find_cuda_tool(host, "nvcc")
+    if not nvcc:
+        return [Check("cuda toolkit", FAIL, "nvcc not found",
+                      "Run inside the pixi environment (`pixi shell`) or set CUDA_HOME.")]
+    rc, out = host.run([nvcc, "--version"])
+    release = ""
+    marker = "release "
+    if marker in out:
+        release = out.split(marker, 1)[1].split(",")[0].strip()
+    want = pins.toolchain.cuda
+    rows: list[Check] = []
+    if rc != 0 or not release:
+        rows.append(Check("cuda toolkit", FAIL, f"{nvcc} --version failed",
+                          "Reinstall the environment: `pixi install`."))
+    elif release.split(".")[0] != want.split(".")[0]:
+        rows.append(Check("cuda toolkit", FAIL, f"nvcc {release} at {nvcc}, want {want}",
+                          "Use the pixi environment's CUDA (`pixi shell`)."))
+    else:
+        rows.append(Check("cuda toolkit", PASS, f"nvcc {release} at {nvcc}"))
+    rows.append(check_ptxas_sm121a(host))
+    return rows
+
+
+def check_ptxas_sm121a(host: Host) -> Check:
+    ptxas = find_cuda_tool(host, "ptxas")
+    name = "ptxas sm_121a (E2M1)"
+    if not ptxas:
+        return Check(name, FAIL, "ptxas not found", "Run inside the pixi environment.")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.ptx"
+        src.write_text(E2M1_PTX.format(target="sm_121a"))
+        rc, out = host.run([ptxas, "-arch=sm_121a", str(src), "-o", str(Path(tmp) / "p.cubin")])
+    if rc == 0:
+        return Check(name, PASS, f"{ptxas} assembles cvt.rn.satfinite.e2m1x2 for sm_121a")
+    first = out.splitlines()[0] if out else f"exit {rc}"
+    return Check(name, FAIL, f"{ptxas} rejects sm_121a: {first}",
+                 "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.")
+
+
+def check_memory(host: Host) -> Check:
+    info = host.meminfo_gb()
+    total, avail = info.get("MemTotal"), info.get("MemAvailable")
+    if total is None or avail is None:
+        return Check("memory", WARN, "cannot read /proc/meminfo", "")
+    detail = f"{total:.0f} GB total, {avail:.0f} GB available"
+    if total < 100:
+        return Check("memory", WARN, detail + " (a DGX Spark has ~128 GB unified)",
+                     "The 80B NVFP4 model needs ~45 GB of weights plus KV cache.")
+    if avail < 70:
+        return Check("memory", WARN, detail,
+                     "Stop other GPU/CPU memory users before serving (weights + KV need ~70 GB).")
+    return Check("memory", PASS, detail)
+
+
+def check_disk(host: Host, label: str, path: Path, need_gb: float, done: bool) -> Check:
+    free = host.disk_free_gb(path)
+    detail = f"{free:.0f} GB free at {paths.nearest_existing(path)}"
+    if done:
+        return Check(label, PASS, detail + " (already in place)")
+    if free < need_gb:
+        return Check(label, FAIL, detail + f", need ~{need_gb:.0f} GB",
+                     "Free space there or move it (TURBO_HOME for builds, MODEL/--dest for the "
+                     "model).")
+    return Check(label, PASS, detail + f", need ~{need_gb:.0f} GB")
+
+
+def check_pixi(host: Host) -> Check:
+    name = host.env.get("PIXI_ENVIRONMENT_NAME")
+    if name:
+        return Check("pixi environment", PASS, f"active ({name})")
+    return Check("pixi environment", WARN, "not active",
+                 "Run tasks through `pixi run …` or inside `pixi shell`.")
+
+
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_vllm_built(stamp: dict[str, object] | None) -> Check:
+    if stamp is None:
+        return Check("vllm build", WARN, f"no build stamp at {paths.stamp_path()}",
+                     "Run `pixi run build-vllm` (30-60 min).")
+    if stamp.get("result") != "ok":
+        return Check("vllm build", WARN, f"last build result: {stamp.get('result')}",
+                     "Re-run `pixi run build-vllm`; it resumes.")
+    return Check("vllm build", PASS, f"vLLM {str(stamp.get('commit', '?'))[:12]} built "
+                 f"for {stamp.get('arch_list', '?')}")
+
+
+MODEL_MANIFEST = "turbo-manifest.json"
+
+
+def check_model(model_dir: Path) -> Check:
+    manifest = read_json(model_dir / MODEL_MANIFEST)
+    if manifest is None:
+        return Check("model", WARN, f"no model manifest in {model_dir}",
+                     "Run `pixi run fetch-model` (~45 GB).")
+    return Check("model", PASS, f"{manifest.get('repo', '?')}@"
+                 f"{str(manifest.get('revision', '?'))[:12]} in {model_dir}")
+
+
+def check_port(host: Host, bind: str, port: int) -> Check:
+    if host.port_free(bind, port):
+        return Check("serve port", PASS, f"{bind}:{port} is free")
+    return Check("serve port", WARN, f"{bind}:{port} is in use",
+                 "Stop the other server (`invoke stop`) or serve with --port.")
+
+
+def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
+    """All checks, in the order a DGX Spark owner would fix them."""
+    h = host or Host()
+    smi = _nvidia_smi(h)
+    stamp = read_json(paths.stamp_path())
+    model = paths.model_dir(pins)
+    model_ok = (model / MODEL_MANIFEST).exists()
+    port = int(h.env.get("PORT") or pins.serve.port)
+    checks = [check_cpu(h), check_gpu(h, smi), check_driver(smi, pins)]
+    checks += check_cuda(h, pins)
+    checks += [
+        check_memory(h),
+        check_disk(h, "disk (build)", paths.state_dir(), pins.build.disk_gb,
+                   stamp is not None and stamp.get("result") == "ok"),
+        check_disk(h, "disk (model)", model, pins.model.size_gb, model_ok),
+        check_pixi(h),
+        check_vllm_built(stamp),
+        check_model(model),
+        check_port(h, pins.serve.host, port),
+    ]
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def render(checks: list[Check]) -> str:
+    table = render_table(["check", "status", "detail", "what to do"],
+                         [(c.name, c.status.upper(), c.detail, c.fix) for c in checks])
+    counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL)}
+    return table + f"\n\n{counts[PASS]} pass, {counts[WARN]} warn, {counts[FAIL]} fail"
+
+
+def to_json(checks: list[Check]) -> str:
+    return json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]},
+                      indent=2)

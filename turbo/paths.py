@@ -1,0 +1,58 @@
+"""Where things live on disk. Every location can be moved with an environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from turbo.pins import Pins
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def state_dir() -> Path:
+    """Per-checkout working state: vLLM source, build stamp, logs, pid files.
+
+    ``TURBO_HOME`` moves it (for example to a bigger disk); default ``<repo>/.turbo``.
+    """
+    return Path(os.environ.get("TURBO_HOME") or repo_root() / ".turbo")
+
+
+def cache_dir() -> Path:
+    """Per-user cache shared by checkouts (downloaded sdists, test fixtures)."""
+    base = os.environ.get("TURBO_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "vllm-turbo"
+
+
+def log_dir() -> Path:
+    return state_dir() / "logs"
+
+
+def vllm_src_dir() -> Path:
+    return Path(os.environ.get("VLLM_SRC") or state_dir() / "vllm")
+
+
+def stamp_path() -> Path:
+    return state_dir() / "build-stamp.json"
+
+
+def run_dir() -> Path:
+    return state_dir() / "run"
+
+
+def model_dir(pins: Pins) -> Path:
+    """The model directory: ``MODEL`` (the seed's name) overrides the pinned default."""
+    return Path(os.environ.get("MODEL") or pins.model.path)
+
+
+def nearest_existing(path: Path) -> Path:
+    """The path itself or its closest existing parent (for free-space checks before mkdir)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
