@@ -1,4 +1,4 @@
-"""pixi.toml is right without a pixi binary: TOML 1.0, pixi's schema, tasks that exist, pins equal."""
+"""pixi.toml is right without pixi: TOML 1.0, pixi's schema, tasks that exist, pins equal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import ast
 import json
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -46,7 +46,7 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             out.append(REDACTED)
             hide_next = False
             continue
-        flag, eq, value = word.partition("=")
+        flag, eq, _ = word.partition("=")
         if flag.startswith("--") and is_secret_key(flag.replace("-", "_")):
             if eq:
                 out.append(f"{flag}={REDACTED}")
@@ -91,8 +91,9 @@ class TaskLog:
     def __enter__(self) -> TaskLog:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if ev is not None:
             self.write(f"failed: {ev!r}")
         self.close()

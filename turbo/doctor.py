@@ -12,6 +12,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -56,8 +57,9 @@ class Host:
 
     def run(self, argv: list[str], timeout: float = 20.0) -> tuple[int, str]:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return 127, str(exc)
         return proc.returncode, (proc.stdout + proc.stderr).strip()
@@ -91,15 +93,20 @@ def check_cpu(host: Host) -> Check:
     arch = host.machine()
     if arch == "aarch64":
         return Check("cpu architecture", PASS, arch)
-    return Check("cpu architecture", WARN, f"{arch} (a DGX Spark is aarch64)",
-                 "Fine for tests and development; serving targets a DGX Spark.")
+    return Check(
+        "cpu architecture",
+        WARN,
+        f"{arch} (a DGX Spark is aarch64)",
+        "Fine for tests and development; serving targets a DGX Spark.",
+    )
 
 
 def _nvidia_smi(host: Host) -> tuple[str, str, str] | None:
     if not host.which("nvidia-smi"):
         return None
-    rc, out = host.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version",
-                        "--format=csv,noheader"])
+    rc, out = host.run(
+        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
+    )
     if rc != 0 or not out:
         return None
     fields = [f.strip() for f in out.splitlines()[0].split(",")]
@@ -110,19 +117,31 @@ def _nvidia_smi(host: Host) -> tuple[str, str, str] | None:
 
 def check_gpu(host: Host, smi: tuple[str, str, str] | None) -> Check:
     if smi is None:
-        return Check("gpu", FAIL, "no NVIDIA GPU visible (nvidia-smi missing or failed)",
-                     "Run on the DGX Spark; check the driver with `nvidia-smi`.")
+        return Check(
+            "gpu",
+            FAIL,
+            "no NVIDIA GPU visible (nvidia-smi missing or failed)",
+            "Run on the DGX Spark; check the driver with `nvidia-smi`.",
+        )
     name, cc, _ = smi
     if cc == "12.1":
         return Check("gpu", PASS, f"{name}, compute capability {cc}")
-    return Check("gpu", WARN, f"{name}, compute capability {cc} (GB10 is 12.1)",
-                 "Kernels still run; arch list and speed figures target GB10.")
+    return Check(
+        "gpu",
+        WARN,
+        f"{name}, compute capability {cc} (GB10 is 12.1)",
+        "Kernels still run; arch list and speed figures target GB10.",
+    )
 
 
 def check_driver(smi: tuple[str, str, str] | None, pins: Pins) -> Check:
     if smi is None:
-        return Check("driver", FAIL, "no NVIDIA driver answered",
-                     f"Install NVIDIA driver {pins.toolchain.min_driver} or newer.")
+        return Check(
+            "driver",
+            FAIL,
+            "no NVIDIA driver answered",
+            f"Install NVIDIA driver {pins.toolchain.min_driver} or newer.",
+        )
     ver = smi[2]
     try:
         major = int(ver.split(".")[0])
@@ -130,9 +149,12 @@ def check_driver(smi: tuple[str, str, str] | None, pins: Pins) -> Check:
         return Check("driver", WARN, f"unreadable driver version {ver!r}", "")
     if major >= int(pins.toolchain.min_driver):
         return Check("driver", PASS, ver)
-    return Check("driver", FAIL, f"{ver} is older than {pins.toolchain.min_driver}",
-                 f"CUDA {pins.toolchain.cuda} needs driver {pins.toolchain.min_driver}+; "
-                 "update the DGX OS.")
+    return Check(
+        "driver",
+        FAIL,
+        f"{ver} is older than {pins.toolchain.min_driver}",
+        f"CUDA {pins.toolchain.cuda} needs driver {pins.toolchain.min_driver}+; update the DGX OS.",
+    )
 
 
 def find_cuda_tool(host: Host, tool: str) -> str | None:
@@ -148,8 +170,14 @@ def find_cuda_tool(host: Host, tool: str) -> str | None:
 def check_cuda(host: Host, pins: Pins) -> list[Check]:
     nvcc = find_cuda_tool(host, "nvcc")
     if not nvcc:
-        return [Check("cuda toolkit", FAIL, "nvcc not found",
-                      "Run inside the pixi environment (`pixi shell`) or set CUDA_HOME.")]
+        return [
+            Check(
+                "cuda toolkit",
+                FAIL,
+                "nvcc not found",
+                "Run inside the pixi environment (`pixi shell`) or set CUDA_HOME.",
+            )
+        ]
     rc, out = host.run([nvcc, "--version"])
     release = ""
     marker = "release "
@@ -158,11 +186,23 @@ def check_cuda(host: Host, pins: Pins) -> list[Check]:
     want = pins.toolchain.cuda
     rows: list[Check] = []
     if rc != 0 or not release:
-        rows.append(Check("cuda toolkit", FAIL, f"{nvcc} --version failed",
-                          "Reinstall the environment: `pixi install`."))
+        rows.append(
+            Check(
+                "cuda toolkit",
+                FAIL,
+                f"{nvcc} --version failed",
+                "Reinstall the environment: `pixi install`.",
+            )
+        )
     elif release.split(".")[0] != want.split(".")[0]:
-        rows.append(Check("cuda toolkit", FAIL, f"nvcc {release} at {nvcc}, want {want}",
-                          "Use the pixi environment's CUDA (`pixi shell`)."))
+        rows.append(
+            Check(
+                "cuda toolkit",
+                FAIL,
+                f"nvcc {release} at {nvcc}, want {want}",
+                "Use the pixi environment's CUDA (`pixi shell`).",
+            )
+        )
     else:
         rows.append(Check("cuda toolkit", PASS, f"nvcc {release} at {nvcc}"))
     rows.append(check_ptxas_sm121a(host))
@@ -181,8 +221,45 @@ def check_ptxas_sm121a(host: Host) -> Check:
     if rc == 0:
         return Check(name, PASS, f"{ptxas} assembles cvt.rn.satfinite.e2m1x2 for sm_121a")
     first = out.splitlines()[0] if out else f"exit {rc}"
-    return Check(name, FAIL, f"{ptxas} rejects sm_121a: {first}",
-                 "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.")
+    return Check(
+        name,
+        FAIL,
+        f"{ptxas} rejects sm_121a: {first}",
+        "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.",
+    )
+
+
+TORCH_PROBE = (
+    "import torch; print(torch.__version__, torch.version.cuda, int(torch.cuda.is_available()))"
+)
+
+
+def check_torch(host: Host, pins: Pins) -> Check:
+    """torch in a child process: importing it here would slow every doctor run by seconds."""
+    rc, out = host.run([sys.executable, "-c", TORCH_PROBE], timeout=120)
+    want = f"torch {pins.toolchain.torch} (CUDA {pins.toolchain.cuda})"
+    if rc != 0:
+        return Check(
+            "torch",
+            FAIL,
+            "torch does not import in this Python",
+            f"Run inside the pixi environment, which pins {want}.",
+        )
+    parts = out.split()[-3:]
+    if len(parts) != 3:
+        return Check("torch", WARN, f"unexpected answer {out!r}", "")
+    version, cuda, usable = parts
+    detail = f"torch {version}, CUDA {cuda}, GPU usable: {'yes' if usable == '1' else 'no'}"
+    if not version.startswith(pins.toolchain.torch) or cuda != pins.toolchain.cuda:
+        return Check(
+            "torch",
+            WARN,
+            detail + f"; pinned {want}",
+            "Use the pixi environment (`pixi run …`) so vLLM builds against the pin.",
+        )
+    if usable != "1":
+        return Check("torch", WARN, detail, "Check the driver: torch cannot reach the GPU.")
+    return Check("torch", PASS, detail)
 
 
 def check_memory(host: Host) -> Check:
@@ -192,11 +269,19 @@ def check_memory(host: Host) -> Check:
         return Check("memory", WARN, "cannot read /proc/meminfo", "")
     detail = f"{total:.0f} GB total, {avail:.0f} GB available"
     if total < 100:
-        return Check("memory", WARN, detail + " (a DGX Spark has ~128 GB unified)",
-                     "The 80B NVFP4 model needs ~45 GB of weights plus KV cache.")
+        return Check(
+            "memory",
+            WARN,
+            detail + " (a DGX Spark has ~128 GB unified)",
+            "The 80B NVFP4 model needs ~45 GB of weights plus KV cache.",
+        )
     if avail < 70:
-        return Check("memory", WARN, detail,
-                     "Stop other GPU/CPU memory users before serving (weights + KV need ~70 GB).")
+        return Check(
+            "memory",
+            WARN,
+            detail,
+            "Stop other GPU/CPU memory users before serving (weights + KV need ~70 GB).",
+        )
     return Check("memory", PASS, detail)
 
 
@@ -206,9 +291,12 @@ def check_disk(host: Host, label: str, path: Path, need_gb: float, done: bool) -
     if done:
         return Check(label, PASS, detail + " (already in place)")
     if free < need_gb:
-        return Check(label, FAIL, detail + f", need ~{need_gb:.0f} GB",
-                     "Free space there or move it (TURBO_HOME for builds, MODEL/--dest for the "
-                     "model).")
+        return Check(
+            label,
+            FAIL,
+            detail + f", need ~{need_gb:.0f} GB",
+            "Free space there or move it (TURBO_HOME for builds, MODEL/--dest for the model).",
+        )
     return Check(label, PASS, detail + f", need ~{need_gb:.0f} GB")
 
 
@@ -216,8 +304,12 @@ def check_pixi(host: Host) -> Check:
     name = host.env.get("PIXI_ENVIRONMENT_NAME")
     if name:
         return Check("pixi environment", PASS, f"active ({name})")
-    return Check("pixi environment", WARN, "not active",
-                 "Run tasks through `pixi run …` or inside `pixi shell`.")
+    return Check(
+        "pixi environment",
+        WARN,
+        "not active",
+        "Run tasks through `pixi run …` or inside `pixi shell`.",
+    )
 
 
 def read_json(path: Path) -> dict[str, object] | None:
@@ -230,13 +322,24 @@ def read_json(path: Path) -> dict[str, object] | None:
 
 def check_vllm_built(stamp: dict[str, object] | None) -> Check:
     if stamp is None:
-        return Check("vllm build", WARN, f"no build stamp at {paths.stamp_path()}",
-                     "Run `pixi run build-vllm` (30-60 min).")
+        return Check(
+            "vllm build",
+            WARN,
+            f"no build stamp at {paths.stamp_path()}",
+            "Run `pixi run build-vllm` (30-60 min).",
+        )
     if stamp.get("result") != "ok":
-        return Check("vllm build", WARN, f"last build result: {stamp.get('result')}",
-                     "Re-run `pixi run build-vllm`; it resumes.")
-    return Check("vllm build", PASS, f"vLLM {str(stamp.get('commit', '?'))[:12]} built "
-                 f"for {stamp.get('arch_list', '?')}")
+        return Check(
+            "vllm build",
+            WARN,
+            f"last build result: {stamp.get('result')}",
+            "Re-run `pixi run build-vllm`; it resumes.",
+        )
+    return Check(
+        "vllm build",
+        PASS,
+        f"vLLM {str(stamp.get('commit', '?'))[:12]} built for {stamp.get('arch_list', '?')}",
+    )
 
 
 MODEL_MANIFEST = "turbo-manifest.json"
@@ -245,17 +348,28 @@ MODEL_MANIFEST = "turbo-manifest.json"
 def check_model(model_dir: Path) -> Check:
     manifest = read_json(model_dir / MODEL_MANIFEST)
     if manifest is None:
-        return Check("model", WARN, f"no model manifest in {model_dir}",
-                     "Run `pixi run fetch-model` (~45 GB).")
-    return Check("model", PASS, f"{manifest.get('repo', '?')}@"
-                 f"{str(manifest.get('revision', '?'))[:12]} in {model_dir}")
+        return Check(
+            "model",
+            WARN,
+            f"no model manifest in {model_dir}",
+            "Run `pixi run fetch-model` (~45 GB).",
+        )
+    return Check(
+        "model",
+        PASS,
+        f"{manifest.get('repo', '?')}@{str(manifest.get('revision', '?'))[:12]} in {model_dir}",
+    )
 
 
 def check_port(host: Host, bind: str, port: int) -> Check:
     if host.port_free(bind, port):
         return Check("serve port", PASS, f"{bind}:{port} is free")
-    return Check("serve port", WARN, f"{bind}:{port} is in use",
-                 "Stop the other server (`invoke stop`) or serve with --port.")
+    return Check(
+        "serve port",
+        WARN,
+        f"{bind}:{port} is in use",
+        "Stop the other server (`invoke stop`) or serve with --port.",
+    )
 
 
 def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
@@ -269,9 +383,15 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     checks = [check_cpu(h), check_gpu(h, smi), check_driver(smi, pins)]
     checks += check_cuda(h, pins)
     checks += [
+        check_torch(h, pins),
         check_memory(h),
-        check_disk(h, "disk (build)", paths.state_dir(), pins.build.disk_gb,
-                   stamp is not None and stamp.get("result") == "ok"),
+        check_disk(
+            h,
+            "disk (build)",
+            paths.state_dir(),
+            pins.build.disk_gb,
+            stamp is not None and stamp.get("result") == "ok",
+        ),
         check_disk(h, "disk (model)", model, pins.model.size_gb, model_ok),
         check_pixi(h),
         check_vllm_built(stamp),
@@ -286,12 +406,15 @@ def exit_code(checks: list[Check]) -> int:
 
 
 def render(checks: list[Check]) -> str:
-    table = render_table(["check", "status", "detail", "what to do"],
-                         [(c.name, c.status.upper(), c.detail, c.fix) for c in checks])
+    table = render_table(
+        ["check", "status", "detail", "what to do"],
+        [(c.name, c.status.upper(), c.detail, c.fix) for c in checks],
+    )
     counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL)}
     return table + f"\n\n{counts[PASS]} pass, {counts[WARN]} warn, {counts[FAIL]} fail"
 
 
 def to_json(checks: list[Check]) -> str:
-    return json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]},
-                      indent=2)
+    return json.dumps(
+        {"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2
+    )

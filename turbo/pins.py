@@ -19,6 +19,7 @@ class VllmPin:
     commit: str
     describe: str
     sdist_version: str
+    sdist_sha256: str
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,11 @@ def pins_path() -> Path:
 def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     value = raw.get(name)
     if not isinstance(value, dict):
-        raise TurboError(f"pins file {source}", f"section [{name}] is missing",
-                         "Restore turbo/data/pins.toml from git.")
+        raise TurboError(
+            f"pins file {source}",
+            f"section [{name}] is missing",
+            "Restore turbo/data/pins.toml from git.",
+        )
     return value
 
 
@@ -82,8 +86,9 @@ def load_pins(path: Path | None = None) -> Pins:
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TurboError(f"pins file {p}", f"cannot be read ({exc})",
-                         "Restore turbo/data/pins.toml from git.") from exc
+        raise TurboError(
+            f"pins file {p}", f"cannot be read ({exc})", "Restore turbo/data/pins.toml from git."
+        ) from exc
     src = str(p)
     try:
         model = dict(_section(raw, "model", src))
@@ -97,5 +102,8 @@ def load_pins(path: Path | None = None) -> Pins:
             source=src,
         )
     except TypeError as exc:
-        raise TurboError(f"pins file {p}", f"has unexpected or missing keys ({exc})",
-                         "Restore turbo/data/pins.toml from git.") from exc
+        raise TurboError(
+            f"pins file {p}",
+            f"has unexpected or missing keys ({exc})",
+            "Restore turbo/data/pins.toml from git.",
+        ) from exc
