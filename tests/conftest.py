@@ -17,3 +17,21 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("MODEL", raising=False)
     monkeypatch.delenv("PORT", raising=False)
     yield
+
+
+# vLLM's real source (the pinned release sdist, see turbo/sdist.py), for the patch and arch tests.
+@pytest.fixture(scope="session")
+def vllm_sdist_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unpacked sdist, shared by the session: read it, never modify it."""
+    from turbo.sdist import unpack_vllm_sdist
+
+    return unpack_vllm_sdist(tmp_path_factory.mktemp("vllm-sdist"))
+
+
+@pytest.fixture
+def vllm_sdist_tree(vllm_sdist_pristine: Path, tmp_path: Path) -> Path:
+    """A fresh, writable copy of the unpacked sdist for one test."""
+    import shutil
+
+    return Path(shutil.copytree(vllm_sdist_pristine, tmp_path / vllm_sdist_pristine.name,
+                                symlinks=True))
