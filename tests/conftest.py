@@ -1,4 +1,4 @@
-"""Shared fixtures. Every test runs with its own TURBO_HOME so no test touches the checkout's state."""
+"""Shared fixtures. Every test gets its own TURBO_HOME: no test touches the checkout's state."""
 
 from __future__ import annotations
 
