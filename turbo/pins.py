@@ -41,6 +41,9 @@ class ModelPin:
     path: str
     size_gb: float
     variants: dict[str, str] = field(default_factory=dict)
+    # fetch-model: file patterns a vLLM server needs, and free disk kept beyond the download.
+    include: list[str] = field(default_factory=list)
+    disk_margin_gb: float = 0.0
 
 
 @dataclass(frozen=True)
