@@ -56,6 +56,11 @@ class ServePin:
 @dataclass(frozen=True)
 class BuildPin:
     disk_gb: float
+    # The MAX_JOBS / NVCC_THREADS rule's inputs (turbo/build.py explains the rule).
+    gb_per_compile_thread: float = 5.0
+    mem_fraction: float = 0.75
+    nvcc_threads: int = 2
+    ccache_max_size: str = "40G"
 
 
 @dataclass(frozen=True)
