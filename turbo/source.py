@@ -1,0 +1,166 @@
+"""vLLM's source at exactly one commit: fetched with git (that commit only, no history) or taken
+from an existing tree (``--src``: a checkout or an unpacked sdist).
+
+The checkout is made in a sibling ``.partial`` directory and renamed into place only once HEAD is
+verified, so the managed directory is either absent or a verified tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+
+from turbo.errors import TurboError
+
+GIT_TIMEOUT_S = 1800.0
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+Runner = Callable[[list[str], Path], str]
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    path: Path
+    kind: str  # "git" (HEAD verified) or "sdist" (an unpacked release, no git metadata)
+    ref: str  # the commit hash (git) or the release version (sdist): what patches are chosen by
+    commit: str | None  # HEAD for git trees
+
+
+def _git_env() -> dict[str, str]:
+    # Never prompt for credentials or open an editor: a build runs unattended.
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "LC_ALL": "C"}
+
+
+def run_git(argv: list[str], cwd: Path) -> str:
+    """Run one git command (argv list); a failure becomes a TurboError naming the command."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=_git_env(),
+                              timeout=GIT_TIMEOUT_S, check=False)
+    except FileNotFoundError as exc:
+        raise TurboError("git", "git is not installed", "Install git (the pixi environment "
+                         "has it).") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TurboError(" ".join(argv[:3]), f"no answer in {GIT_TIMEOUT_S:.0f} s",
+                         "Check the network or use --src with a local checkout.") from exc
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip().splitlines()
+        why = err[-1] if err else f"exit {proc.returncode}"
+        raise TurboError(" ".join(argv[:4]), why, "See the message; re-run after fixing it.")
+    return proc.stdout
+
+
+def require_commit_hash(ref: str) -> str:
+    """Only a full hash names one tree for sure: a branch or tag can move under us."""
+    r = ref.strip().lower()
+    if not _HEX40.match(r):
+        raise TurboError("vLLM ref", f"{ref!r} is not a full 40-hex commit hash",
+                         "Pass --ref with a full commit hash (branches and tags move).")
+    return r
+
+
+def fetch_argv(repo: str, commit: str) -> list[list[str]]:
+    """The git commands that fetch ``commit`` alone (depth 1) into an empty directory."""
+    return [
+        ["git", "init", "--quiet"],
+        ["git", "remote", "add", "origin", repo],
+        ["git", "fetch", "--quiet", "--depth", "1", "--no-tags", "origin", commit],
+        ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach",
+         "FETCH_HEAD"],
+        ["git", "rev-parse", "HEAD"],
+    ]
+
+
+def head_commit(path: Path, runner: Runner = run_git) -> str | None:
+    if not (path / ".git").exists():
+        return None
+    try:
+        return runner(["git", "rev-parse", "HEAD"], path).strip()
+    except TurboError:
+        return None
+
+
+def _verify_head(path: Path, commit: str, runner: Runner) -> None:
+    head = runner(["git", "rev-parse", "HEAD"], path).strip()
+    if head != commit:
+        raise TurboError(f"vLLM checkout {path}", f"HEAD is {head}, expected {commit}",
+                         "Delete the directory and re-run, or pass the right --ref.")
+
+
+def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git,
+                 on_tree_change: Callable[[Path], None] | None = None) -> SourceTree:
+    """``dest`` holding ``commit`` and nothing else of the history.
+
+    An existing checkout at another commit gets the new commit fetched into it (its build
+    directory and ccache survive); ``on_tree_change`` is called first so the caller can revert
+    patches before git touches the files.
+    """
+    commit = require_commit_hash(commit)
+    if dest.exists() and not (dest / ".git").exists():
+        raise TurboError(f"vLLM source {dest}", "exists but is not a git checkout",
+                         "Move it away, or build it as it is with --src.")
+    if (dest / ".git").exists():
+        if head_commit(dest, runner) == commit:
+            return SourceTree(dest, "git", commit, commit)
+        if on_tree_change is not None:
+            on_tree_change(dest)
+        runner(["git", "remote", "set-url", "origin", repo], dest)
+        runner(fetch_argv(repo, commit)[2], dest)
+        # -f: files touched by use_existing_torch.py are ours to discard; untracked build
+        # output (git-ignored) is kept so the next build is incremental.
+        runner(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force",
+                "--detach", "FETCH_HEAD"], dest)
+        runner(["git", "clean", "-fdq"], dest)
+        _verify_head(dest, commit, runner)
+        return SourceTree(dest, "git", commit, commit)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for argv in fetch_argv(repo, commit)[:-1]:
+            runner(argv, partial)
+        _verify_head(partial, commit, runner)
+        os.replace(partial, dest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return SourceTree(dest, "git", commit, commit)
+
+
+def sdist_version(path: Path) -> str | None:
+    """The version an unpacked sdist declares in PKG-INFO (None if it is not an sdist)."""
+    info = path / "PKG-INFO"
+    if not info.is_file():
+        return None
+    version = HeaderParser().parsestr(info.read_text(encoding="utf-8", errors="replace"))
+    return version.get("Version")
+
+
+def use_tree(path: Path, ref: str | None = None, *, runner: Runner = run_git) -> SourceTree:
+    """An existing tree given with ``--src``: a git checkout (HEAD must equal ``ref`` when one
+    is given) or an unpacked sdist (its PKG-INFO version is the ref)."""
+    path = path.absolute()
+    if not (path / "setup.py").is_file() or not (path / "CMakeLists.txt").is_file():
+        raise TurboError(f"--src {path}", "is not a vLLM source tree (no setup.py and "
+                         "CMakeLists.txt)", "Point --src at a vLLM checkout or unpacked sdist.")
+    head = head_commit(path, runner)
+    if head is not None:
+        if ref is not None and ref != head:
+            want = require_commit_hash(ref)
+            if want != head:
+                raise TurboError(f"--src {path}", f"HEAD is {head}, --ref asks for {want}",
+                                 f"Check out {want[:12]} there, or drop --ref to build HEAD.")
+        return SourceTree(path, "git", head, head)
+    version = sdist_version(path)
+    if version is None:
+        raise TurboError(f"--src {path}", "has neither git metadata nor PKG-INFO, so what it "
+                         "holds cannot be named", "Use a git checkout or an unpacked sdist.")
+    if ref is not None and ref != version:
+        raise TurboError(f"--src {path}", f"is the vLLM {version} sdist, --ref asks for {ref}",
+                         f"Drop --ref or pass --ref {version}.")
+    return SourceTree(path, "sdist", version, None)
