@@ -146,28 +146,152 @@ def fetch_model(c: Context) -> None:
 
 
 # --------------------------------------------------------------------------- serve
-@task
-def serve(c: Context, profile: str = "vanilla") -> None:
-    """Serve a profile: vanilla, mtp, tp2-head, tp2-worker, tp2-serve (not built yet)."""
-    _guard(lambda: _not_built("serve", 7))
+_SERVE_HELP = {
+    "profile": "vanilla, mtp, tp2-head, tp2-worker, tp2-serve, tp2-mp-head, tp2-mp-worker "
+               "(turbo/data/profiles.toml).",
+    "port": "Port to serve on (default: PORT, else [serve].port in pins.toml).",
+    "model": "Model directory (default: MODEL, else [model].path in pins.toml).",
+    "host": "Address to bind (default 127.0.0.1). Another address warns unless VLLM_API_KEY "
+            "is set.",
+    "set": "key=value override of a profile setting, repeatable (e.g. "
+           "gpu-memory-utilization=0.75, env.NCCL_DEBUG=WARN; empty value drops the flag). "
+           "Other vLLM flags go after --.",
+    "head": "Head node's RoCE address (tp2-worker, tp2-mp-*; or HEAD_IP).",
+    "node_ip": "This node's RoCE address (default: the detected port's IPv4; or NODE_IP).",
+    "ifname": "RoCE netdev for NCCL/GLOO/TP sockets (default: detected from sysfs).",
+    "hca": "RDMA devices for NCCL_IB_HCA, comma-separated (default: both twins, detected).",
+    "gid_index": "NCCL_IB_GID_INDEX (default: the RoCE v2 GID found in sysfs).",
+    "detach": "Run in the background with a pid file and log file; return once warmed up.",
+    "health_timeout": "Seconds to wait for /health (default 1800: a first start takes "
+                      "10-15 min).",
+    "warmup": "Send one short request once healthy so users do not pay the ~25 s JIT "
+              "(--no-warmup skips).",
+    "dry_run": "Print the exact argv and env (secrets redacted) and the checks; run nothing.",
+    "json": "With --dry-run: print it as JSON.",
+}
 
 
-@task
-def stop(c: Context) -> None:
-    """Stop a detached server (not built yet)."""
-    _guard(lambda: _not_built("stop", 7))
+@task(help=_SERVE_HELP, iterable=["set"])
+def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", host: str = "",
+          set: list[str] | None = None, head: str = "", node_ip: str = "", ifname: str = "",
+          hca: str = "", gid_index: int = -1, detach: bool = False, health_timeout: int = 0,
+          warmup: bool = True, dry_run: bool = False, json: bool = False) -> None:
+    """Serve a profile with vLLM: check first (build, model, port, GPU, memory fit), then run.
+
+    Foreground by default (Ctrl-C stops vLLM cleanly); --detach for the background.
+    Extra vLLM arguments go after --, e.g. `invoke serve --profile mtp -- --max-num-seqs 4`.
+    """
+    import shlex
+
+    from turbo import serve as srv
+    from turbo.pins import load_pins
+    from turbo.profiles import Overrides
+
+    def go() -> int:
+        ov = Overrides(port=port or None, model=model or None, host=host or None,
+                       sets=tuple(set or ()), extra=tuple(shlex.split(c.remainder or "")),
+                       head=head or None, node_ip=node_ip or None)
+        net = srv.NetOptions(ifname=ifname or None,
+                             hca=tuple(h for h in hca.split(",") if h),
+                             gid_index=gid_index if gid_index >= 0 else None)
+        return srv.command(profile, load_pins(), ov, net=net, detach=detach, dry_run=dry_run,
+                           as_json=json, health_timeout=health_timeout or None, warmup=warmup)
+
+    code = _guard(go)
+    if code:
+        raise Exit(code=code)
 
 
-@task
-def verify(c: Context) -> None:
-    """Check a running server: health, models, chat, metrics (not built yet)."""
-    _guard(lambda: _not_built("verify", 7))
+@task(help={"port": "Stop only the server on this port.",
+            "all": "Stop every recorded server (and `ray stop` for tp2-head/worker).",
+            "timeout": "Seconds to wait after SIGTERM before SIGKILL."})
+def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60) -> None:
+    """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
+    from turbo import serve as srv
+
+    _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout)))
 
 
-@task
-def bench(c: Context) -> None:
-    """Benchmark a running server: decode tok/s, TTFT, MTP acceptance (not built yet)."""
-    _guard(lambda: _not_built("bench", 7))
+_CLIENT_HELP = {
+    "url": "Server base URL (default http://127.0.0.1:PORT). VLLM_API_KEY is sent if set.",
+    "port": "Port on this machine (default: PORT, else [serve].port in pins.toml).",
+    "served_name": "Model name to ask for (default: [serve].served_name in pins.toml).",
+    "json": "Print machine-readable JSON.",
+}
+
+
+@task(help={**_CLIENT_HELP,
+            "wait": "Seconds to wait for /health before failing (default 0).",
+            "max_tokens": "Token budget for the chat check (a thinking model needs room)."})
+def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
+           max_tokens: int = 1024, json: bool = False) -> None:
+    """Check a running server: /health, /v1/models, one chat answer (17 + 25), /metrics.
+
+    Prints a table; exits 1 when a check fails.
+    """
+    from turbo import verify as ver
+
+    def go() -> int:
+        text, rc = ver.command(url=url, port=port or None, served_name=served_name,
+                               wait_s=wait, max_tokens=max_tokens, as_json=json)
+        print(text)
+        return rc
+
+    code = _guard(go)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={**_CLIENT_HELP,
+            "prompt_lens": "Prompt lengths in tokens, comma-separated (default 128,2048).",
+            "output_lens": "Output lengths in tokens, comma-separated (default 128,512).",
+            "concurrency": "Concurrency levels, comma-separated (default 1: single stream).",
+            "repeats": "Repeats per grid cell; the median is reported (default 3).",
+            "tool": "auto (vLLM's `vllm bench serve` when installed, else builtin), vllm or "
+                    "builtin.",
+            "model": "Model directory, for the tokenizer of `vllm bench serve`.",
+            "out": "Output directory for bench.json, bench.md, bench.png (default "
+                   ".turbo/bench/<time>).",
+            "no_chart": "Skip the PNG chart (no matplotlib needed)."})
+def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
+          prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
+          repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
+          no_chart: bool = False, json: bool = False) -> None:
+    """Benchmark a running server: decode tok/s and TTFT per prompt/output length, MTP draft
+    acceptance, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and a PNG chart."""
+    from turbo import bench as bn
+
+    def go() -> None:
+        print(bn.command(url=url, port=port or None, served_name=served_name,
+                         prompt_lens=prompt_lens, output_lens=output_lens,
+                         concurrency=concurrency, repeats=repeats or None, tool=tool,
+                         model=model, out=out, chart=not no_chart, as_json=json))
+
+    _guard(go)
+
+
+@task(name="detect", help={"sysfs": "sysfs root to read (default /sys; tests use a fake tree).",
+                           "head": "Head address: picks the port on its subnet when two are up.",
+                           "json": "Print machine-readable JSON."})
+def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
+    """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
+    from turbo import cluster as cl
+
+    _guard(lambda: print(cl.detect_command(sysfs, head or None, json)))
+
+
+@task(name="link-check", help={"log": "A serve log of a tp2 profile (default: the newest)."})
+def cluster_link_check(c: Context, log: str = "") -> None:
+    """From NCCL's own log lines: does the TP=2 traffic go over RoCE (RDMA) or plain sockets?
+
+    Exits 1 when NCCL fell back to sockets or the log says nothing (NCCL_DEBUG=INFO is set by
+    the tp2 profiles).
+    """
+    from turbo import cluster as cl
+
+    code = _guard(lambda: cl.link_check_command(log or None))
+    if code:
+        raise Exit(code=code)
 
 
 # --------------------------------------------------------------------------- patches
@@ -199,3 +323,4 @@ def kernels_probe(c: Context) -> None:
 ns = Collection(doctor, build_vllm, fetch_model, serve, stop, verify, bench)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert))
 ns.add_collection(Collection("kernels", kernels_probe))
+ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))

@@ -1,0 +1,659 @@
+"""`serve` and `stop`: a profile becomes argv + env, is checked, launched and supervised.
+
+The plan (argv, env) is plain data so ``--dry-run`` shows exactly what runs and golden tests
+pin it. Launch waits for ``/health`` (a first start takes 10-15 minutes), sends one warm-up
+request so no user pays the JIT cost, and records a pid file that ``stop`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from turbo import cluster, endpoint, memfit, paths
+from turbo.console import TaskLog, redact_argv, redact_env, render_table
+from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, read_json
+from turbo.errors import TurboError, UsageError
+from turbo.manifest import check_local, read_manifest
+from turbo.pins import Pins
+from turbo.profiles import ArgValue, Overrides, Profile, ProfileBook, load_book, resolve
+
+Out = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    kind: str
+    description: str
+    argv: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    served_name: str
+    model: str
+    api: bool
+    roce: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return endpoint.endpoint_for(self.host, self.port, {}).base + "/v1"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The redacted, printable form (what --dry-run --json shows)."""
+        d = asdict(self)
+        d["argv"] = redact_argv(self.argv)
+        d["command"] = shlex.join(d["argv"])
+        d["env"] = redact_env(self.env)
+        d["endpoint"] = self.endpoint if self.api else None
+        return d
+
+
+def _flag_words(key: str, value: ArgValue) -> list[str]:
+    if value is True:
+        return [f"--{key}"]
+    if value is False:
+        return [f"--no-{key}"]
+    return [f"--{key}", str(value)]
+
+
+
+def _fill(text: str, values: Mapping[str, str | None], what: str) -> str:
+    for name, value in values.items():
+        token = "{" + name + "}"
+        if token in text:
+            if value is None:
+                raise UsageError(what, f"needs {name.replace('_', ' ')}",
+                                 _MISSING_FIX.get(name, "Pass it on the command line."))
+            text = text.replace(token, value)
+    return text
+
+
+_MISSING_FIX = {
+    "head": "Pass --head IP (or set HEAD_IP) with the head node's RoCE address.",
+    "node_ip": "Pass --node-ip (or set NODE_IP) with this node's RoCE address.",
+    "ptxas": "Run inside the pixi environment (CUDA 13.0) or set CUDA_HOME.",
+}
+
+
+def build_plan(prof: Profile, *, ptxas: str | None, roce: cluster.RoceChoice | None,
+               cluster_env: Mapping[str, str], ray_port: int) -> Plan:
+    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones."""
+    node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
+    head = prof.settings.get("head")
+    if prof.kind == "ray-head" or (head is None and prof.args.get("node-rank") == 0):
+        head = head or node_ip
+    values = {"head": head, "node_ip": node_ip, "ptxas": ptxas}
+    notes: list[str] = []
+    env: dict[str, str] = {}
+    for key, val in prof.env.items():
+        if "{ptxas}" in val and ptxas is None:
+            notes.append(f"{key} not set: no CUDA 13 ptxas found (run inside pixi)")
+            continue
+        env[key] = _fill(val, values, f"profile {prof.name} env {key}")
+    env.update(cluster_env)
+
+    if prof.kind in ("ray-head", "ray-worker"):
+        if not node_ip:
+            raise UsageError(f"profile {prof.name}", "needs this node's RoCE address",
+                             _MISSING_FIX["node_ip"])
+        argv = cluster.ray_argv(prof.kind, node_ip=node_ip, ray_port=ray_port, head=head)
+        return Plan(prof.name, prof.kind, prof.description, argv, env, prof.host, prof.port,
+                    prof.served_name, prof.model, api=False,
+                    roce=asdict(roce) if roce else None, notes=notes)
+
+    argv = ["vllm", "serve", prof.model]
+    for key, value in prof.args.items():
+        if isinstance(value, str):
+            value = _fill(value, values, f"profile {prof.name} --{key}")
+        argv += _flag_words(key, value)
+    argv += prof.extra
+    headless = prof.args.get("headless") is True
+    return Plan(prof.name, prof.kind, prof.description, argv, env, prof.host, prof.port,
+                prof.served_name, prof.model, api=not headless,
+                roce=asdict(roce) if roce else None, notes=notes)
+
+
+# ------------------------------------------------------------------------------ checks
+@dataclass
+class Probe:
+    """Everything serve asks of the machine; tests replace fields."""
+
+    host: Host = field(default_factory=Host)
+    sysfs: Path = Path("/sys")
+    ipv4: cluster.Ipv4Of = cluster.ipv4_of
+    gpu: Callable[[], str | None] | None = None
+
+    def gpu_name(self) -> str | None:
+        if self.gpu is not None:
+            return self.gpu()
+        if not self.host.which("nvidia-smi"):
+            return None
+        rc, out = self.host.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+        return out.splitlines()[0].strip() if rc == 0 and out else None
+
+
+def model_problems(model_dir: Path) -> list[str]:
+    """What is missing or wrong in the model directory; empty when it is complete."""
+    if not model_dir.is_dir():
+        return [f"{model_dir} does not exist"]
+    try:
+        return check_local(model_dir)
+    except TurboError as err:
+        return [err.why]
+
+
+def weights_bytes(model_dir: Path, fallback_gb: float) -> tuple[int, str]:
+    try:
+        manifest = read_manifest(model_dir)
+    except TurboError:
+        manifest = None
+    if manifest is not None and manifest.weights_bytes:
+        return manifest.weights_bytes, "model manifest"
+    return int(fallback_gb * 1e9), "pins [model] size_gb (no manifest yet)"
+
+
+def memory_fit(plan: Plan, prof: Profile, book: ProfileBook, probe: Probe,
+               size_gb: float) -> memfit.MemFit:
+    mem = book.section("memory")
+    info = probe.host.meminfo_gb()
+    total = info.get("MemTotal") or float(mem.get("unified_gb", 128))
+    shape, _ = memfit.load_shape(Path(plan.model), book.section("model_shape"))
+    wbytes, _ = weights_bytes(Path(plan.model), size_gb)
+    return memfit.estimate(
+        weights_bytes=wbytes,
+        tensor_parallel=int(prof.args.get("tensor-parallel-size", 1)),
+        utilization=float(prof.args.get("gpu-memory-utilization", 0.9)),
+        max_model_len=int(prof.args.get("max-model-len", 262144)),
+        kv_dtype=str(prof.args.get("kv-cache-dtype", "auto")),
+        shape=shape, total_gb=total, available_gb=info.get("MemAvailable"),
+        overhead_gb=float(mem.get("overhead_gb", 8.0)),
+        max_safe_utilization=float(mem.get("max_safe_utilization", 0.85)))
+
+
+def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
+    return bool(environ.get("VLLM_API_KEY")) or any(
+        w == "--api-key" or w.startswith("--api-key=") for w in plan.argv)
+
+
+def preflight(plan: Plan, prof: Profile, book: ProfileBook, probe: Probe,
+              environ: Mapping[str, str], size_gb: float,
+              roce_error: str | None = None) -> list[Check]:
+    checks: list[Check] = []
+    if plan.kind == "serve":
+        stamp = read_json(paths.stamp_path())
+        if stamp is not None and stamp.get("result") == "ok":
+            checks.append(Check("vllm build", PASS,
+                                f"{str(stamp.get('commit', '?'))[:12]} for "
+                                f"{stamp.get('arch_list', '?')}"))
+        else:
+            why = (f"no build stamp at {paths.stamp_path()}" if stamp is None
+                   else f"last build result: {stamp.get('result')}")
+            checks.append(Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first."))
+        problems = model_problems(Path(plan.model))
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            checks.append(Check("model", FAIL, f"{problems[0]}{more}",
+                                "Run `pixi run fetch-model` (it resumes), or pass --model."))
+        else:
+            checks.append(Check("model", PASS, f"complete per its manifest: {plan.model}"))
+        if plan.api:
+            if probe.host.port_free(plan.host, plan.port):
+                checks.append(Check("port", PASS, f"{plan.host}:{plan.port} is free"))
+            else:
+                checks.append(Check("port", FAIL, f"{plan.host}:{plan.port} is in use",
+                                    "Stop the other server (`invoke stop`) or pass --port."))
+        gpu = probe.gpu_name()
+        checks.append(Check("gpu", PASS, gpu) if gpu else
+                      Check("gpu", FAIL, "no NVIDIA GPU visible (nvidia-smi)",
+                            "Serve on the DGX Spark; check the driver with `nvidia-smi`."))
+        fit = memory_fit(plan, prof, book, probe, size_gb)
+        checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+        if plan.api and plan.host not in endpoint.LOOPBACK:
+            if _has_api_key(plan, environ):
+                checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
+            else:
+                checks.append(Check("exposure", WARN,
+                                    f"bound to {plan.host} without an API key: anyone on the "
+                                    "network can use it",
+                                    "Export VLLM_API_KEY before serving."))
+    else:
+        ray = probe.host.which("ray")
+        checks.append(Check("ray", PASS, ray) if ray else
+                          Check("ray", FAIL, "ray not on PATH",
+                                "Use the pixi cluster environment (`pixi run -e cluster ...`)."))
+    if prof.cluster:
+        if roce_error:
+            checks.append(Check("roce", FAIL, roce_error,
+                                "Pass --ifname and --hca (and --node-ip) to override."))
+        elif plan.roce:
+            checks.append(Check("roce", PASS, f"{plan.roce['ifname']} "
+                                f"({','.join(plan.roce['hca'])}) {plan.roce['node_ip']}, "
+                                f"found via {plan.roce['source']}"))
+        if "VLLM_NCCL_SO_PATH" not in plan.env:
+            checks.append(Check("system nccl", WARN, "no system libnccl found",
+                                "The pip NCCL is reported to hang on two Sparks under load; "
+                                "install libnccl2 or set VLLM_NCCL_SO_PATH."))
+    return checks
+
+
+def render_checks(checks: list[Check]) -> str:
+    return render_table(["check", "status", "detail", "what to do"],
+                        [(c.name, c.status.upper(), c.detail, c.fix) for c in checks])
+
+
+def first_failure(checks: list[Check]) -> TurboError | None:
+    bad = [c for c in checks if c.status == FAIL]
+    if not bad:
+        return None
+    c = bad[0]
+    more = f" ({len(bad) - 1} more failed check(s) above)" if len(bad) > 1 else ""
+    return TurboError(f"serve preflight: {c.name}", c.detail + more, c.fix)
+
+
+# ------------------------------------------------------------------------------ pid files
+def pid_file(plan: Plan) -> Path:
+    stem = f"serve-{plan.port}" if plan.api else plan.profile
+    return paths.run_dir() / f"{stem}.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a pid: tells a live server from a recycled pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def record(plan: Plan, pid: int, log: Path) -> Path:
+    p = pid_file(plan)
+    _write_json(p, {"pid": pid, "start_time": _start_time(pid), "profile": plan.profile,
+                    "kind": plan.kind, "host": plan.host, "port": plan.port, "api": plan.api,
+                    "served_name": plan.served_name, "log": str(log),
+                    "argv": redact_argv(plan.argv), "started": time.time()})
+    return p
+
+
+def running() -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed)."""
+    out: list[dict[str, Any]] = []
+    d = paths.run_dir()
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        rec = read_json(f)
+        if rec is None:
+            continue
+        rec["file"] = str(f)
+        if rec.get("kind") != "serve":
+            out.append(rec)
+            continue
+        pid = int(str(rec.get("pid", 0)))
+        if pid and _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+            out.append(rec)
+        else:
+            f.unlink(missing_ok=True)
+    return out
+
+
+# ------------------------------------------------------------------------------ launch
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return " | ".join(t.strip() for t in tail if t.strip())[-600:]
+
+
+def wait_healthy(ep: endpoint.Endpoint, proc: subprocess.Popen[Any] | None, timeout: float,
+                 interval: float, out: Out, log_path: Path,
+                 stopping: threading.Event | None = None) -> float:
+    """Poll /health until 200; fail early when the process exits. Returns seconds waited."""
+    start = time.monotonic()
+    next_note = start + 30
+    while True:
+        if endpoint.healthy(ep):
+            return time.monotonic() - start
+        if proc is not None and proc.poll() is not None:
+            if stopping is not None and stopping.is_set():
+                raise KeyboardInterrupt
+            raise TurboError("vllm serve", f"exited with code {proc.returncode} before "
+                             f"becoming healthy; log tail: {_log_tail(log_path)}",
+                             f"Read the full log: {log_path}")
+        now = time.monotonic()
+        if now - start > timeout:
+            raise TurboError("vllm serve", f"not healthy after {timeout:.0f} s at "
+                             f"{ep.url('/health')}",
+                             f"Raise --health-timeout (a first start takes 10-15 minutes); "
+                             f"log: {log_path}")
+        if now >= next_note:
+            out(f"  waiting for {ep.url('/health')} ... {now - start:.0f} s "
+                f"(first start: 10-15 min)")
+            next_note = now + 30
+        time.sleep(interval)
+
+
+def warm_up(ep: endpoint.Endpoint, served_name: str, timeout: float) -> float:
+    """One short request: the first one pays torch/Triton JIT compilation (~25 s)."""
+    t0 = time.monotonic()
+    endpoint.post_json(ep, "/v1/chat/completions", {
+        "model": served_name, "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say OK."}]}, timeout=timeout)
+    return time.monotonic() - t0
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, PermissionError):
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class Supervision:
+    health_timeout: float
+    health_interval: float
+    warmup: bool
+    warmup_timeout: float
+    stop_timeout: float
+
+
+def _resolve_exe(argv: list[str]) -> list[str]:
+    exe = shutil.which(argv[0])
+    if exe is None:
+        raise TurboError(f"{argv[0]}", "not found on PATH",
+                         "Run inside the pixi environment (`pixi run serve ...`).")
+    return [exe, *argv[1:]]
+
+
+def _after_start(plan: Plan, proc: subprocess.Popen[Any], sup: Supervision, out: Out,
+                 log_path: Path, stopping: threading.Event | None) -> None:
+    ep = endpoint.endpoint_for(plan.host, plan.port)
+    waited = wait_healthy(ep, proc, sup.health_timeout, sup.health_interval, out, log_path,
+                          stopping)
+    out(f"healthy after {waited:.0f} s")
+    if sup.warmup:
+        out(f"warm-up: {warm_up(ep, plan.served_name, sup.warmup_timeout):.1f} s")
+    out(f"serving {plan.served_name} at {plan.endpoint}")
+
+
+def run_ray(plan: Plan, out: Out) -> int:
+    argv = _resolve_exe(plan.argv)
+    with TaskLog(f"serve-{plan.profile}") as log:
+        log.write("argv: " + shlex.join(redact_argv(plan.argv)))
+        proc = subprocess.run(argv, env={**os.environ, **plan.env}, capture_output=True,
+                              text=True, check=False)
+        for line in (proc.stdout + proc.stderr).splitlines():
+            log.write(line)
+        if proc.returncode != 0:
+            raise TurboError("ray start", f"exit {proc.returncode}: {_log_tail(log.path, 5)}",
+                             f"Read {log.path}; `ray stop` clears a half-started node.")
+        _write_json(pid_file(plan), {"kind": plan.kind, "profile": plan.profile,
+                                     "log": str(log.path), "argv": redact_argv(plan.argv)})
+        out(f"{plan.profile}: ray started ({' '.join(redact_argv(plan.argv))}); log {log.path}")
+    return 0
+
+
+def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
+    argv = _resolve_exe(plan.argv)
+    log = TaskLog(f"serve-{plan.profile}")
+    log.write("argv: " + shlex.join(redact_argv(plan.argv)))
+    log.write("env: " + json.dumps(redact_env(plan.env)))
+    log.close()
+    with log.path.open("a") as fh:
+        proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    pidf = record(plan, proc.pid, log.path)
+    out(f"started pid {proc.pid}; log {log.path}")
+    try:
+        if plan.api:
+            _after_start(plan, proc, sup, out, log.path, None)
+    except BaseException:
+        # All or nothing: a server that never became usable is not left behind.
+        _terminate(proc, sup.stop_timeout)
+        pidf.unlink(missing_ok=True)
+        raise
+    out(f"detached; stop it with `invoke stop --port {plan.port}`")
+    return 0
+
+
+def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None = None) -> int:
+    argv = _resolve_exe(plan.argv)
+    console = sink or sys.stdout
+    with TaskLog(f"serve-{plan.profile}") as log:
+        log.write("argv: " + shlex.join(redact_argv(plan.argv)))
+        log.write("env: " + json.dumps(redact_env(plan.env)))
+        proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, text=True, bufsize=1)
+        pidf = record(plan, proc.pid, log.path)
+        stopping = threading.Event()
+        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            # Second signal: the user means it.
+            sig = signal.SIGKILL if stopping.is_set() else signum
+            stopping.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+        def tee() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                console.write(line)
+                console.flush()
+                log.write(line)
+
+        previous = {s: signal.signal(s, forward) for s in signals}
+        reader = threading.Thread(target=tee, daemon=True)
+        reader.start()
+        try:
+            if plan.api:
+                try:
+                    _after_start(plan, proc, sup, out, log.path, stopping)
+                except KeyboardInterrupt:
+                    pass
+                except BaseException:
+                    _terminate(proc, sup.stop_timeout)
+                    raise
+            rc = proc.wait()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            reader.join(timeout=5)
+            pidf.unlink(missing_ok=True)
+        out(f"vllm serve exited with code {rc}; log {log.path}")
+        return 0 if stopping.is_set() and rc in (0, -2, -15, 130, 143) else rc
+
+
+# ------------------------------------------------------------------------------ stop
+def stop(port: int | None = None, everything: bool = False, timeout: float = 60.0,
+         out: Out = print) -> int:
+    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
+    recs = running()
+    if port is not None:
+        recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
+    if not recs:
+        out("nothing to stop: no server recorded in " + str(paths.run_dir()))
+        return 0
+    if len(recs) > 1 and not everything and port is None:
+        listing = ", ".join(f"{r.get('profile')} (port {r.get('port')})" for r in recs)
+        raise UsageError("stop", f"several are running: {listing}",
+                         "Pass --port N or --all.")
+    for rec in recs:
+        f = Path(rec["file"])
+        if rec.get("kind") != "serve":
+            rc = subprocess.run(["ray", "stop"], check=False, capture_output=True).returncode \
+                if shutil.which("ray") else 127
+            out(f"{rec.get('profile')}: ray stop (exit {rc})")
+            f.unlink(missing_ok=True)
+            continue
+        pid = int(rec["pid"])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _start_time(pid) is not None:
+            if _zombie(pid):
+                break
+            time.sleep(0.2)
+        if _start_time(pid) is not None and not _zombie(pid):
+            os.killpg(pid, signal.SIGKILL)
+            out(f"pid {pid} ignored SIGTERM for {timeout:.0f} s: killed")
+        f.unlink(missing_ok=True)
+        out(f"stopped {rec.get('profile')} (pid {pid}, port {rec.get('port')})")
+    return 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# ------------------------------------------------------------------------------ the command
+@dataclass(frozen=True)
+class NetOptions:
+    """RoCE overrides; NCCL_SOCKET_IFNAME / NCCL_IB_HCA / NCCL_IB_GID_INDEX set in the
+    environment count as overrides too (the seed exported them by hand)."""
+
+    ifname: str | None = None
+    hca: tuple[str, ...] = ()
+    gid_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: Plan
+    profile: Profile
+    checks: list[Check]
+
+
+def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
+    ifname = net.ifname or environ.get("NCCL_SOCKET_IFNAME") or None
+    hca = net.hca or tuple(h for h in environ.get("NCCL_IB_HCA", "").split(",") if h)
+    gid = net.gid_index
+    if gid is None and environ.get("NCCL_IB_GID_INDEX", "").isdigit():
+        gid = int(environ["NCCL_IB_GID_INDEX"])
+    return NetOptions(ifname, hca, gid)
+
+
+def prepare(name: str, pins: Pins, overrides: Overrides | None = None, *,
+            book: ProfileBook | None = None, probe: Probe | None = None,
+            environ: Mapping[str, str] | None = None,
+            net: NetOptions = NetOptions()) -> Prepared:
+    """Resolve the profile, detect the cluster network, build the plan and check it."""
+    env = os.environ if environ is None else environ
+    b = book or load_book()
+    pr = probe or Probe()
+    prof = resolve(name, pins, overrides, env, b)
+    ptxas = find_cuda_tool(pr.host, "ptxas")
+    roce: cluster.RoceChoice | None = None
+    roce_error: str | None = None
+    cenv: dict[str, str] = {}
+    csec = b.section("cluster")
+    if prof.cluster:
+        n = _net_from_env(net, env)
+        try:
+            roce = cluster.detect(cluster.scan(pr.sysfs), pr.ipv4, head=prof.settings.get("head"),
+                                  ifname=n.ifname, hca=n.hca, gid_index=n.gid_index,
+                                  node_ip=prof.settings.get("node-ip"))
+        except TurboError as err:
+            roce_error = err.why
+            roce = cluster.RoceChoice(n.ifname or "<RoCE netdev>", n.hca or ("<RDMA devices>",),
+                                      n.gid_index, prof.settings.get("node-ip") or "<node IP>",
+                                      "not detected")
+        nccl = cluster.find_system_nccl([str(c) for c in csec.get("system_nccl", [])], env)
+        cenv = cluster.cluster_env(roce, nccl_so=nccl,
+                                   nccl_debug=str(csec.get("nccl_debug", "INFO")),
+                                   nccl_debug_subsys=str(csec.get("nccl_debug_subsys", "")))
+    plan = build_plan(prof, ptxas=ptxas, roce=roce, cluster_env=cenv,
+                      ray_port=int(csec.get("ray_port", 6379)))
+    checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error)
+    return Prepared(plan, prof, checks)
+
+
+def render_plan(prep: Prepared) -> str:
+    p = prep.plan.to_dict()
+    lines = [f"profile {p['profile']} ({p['kind']}): {p['description']}", "", "env:"]
+    lines += [f"  {k}={v}" for k, v in p["env"].items()]
+    lines += ["", "argv:", f"  {p['command']}"]
+    if p["endpoint"]:
+        lines += ["", f"endpoint: {p['endpoint']}"]
+    for note in [*p["notes"], *((p["roce"] or {}).get("notes") or ())]:
+        lines.append(f"note: {note}")
+    lines += ["", "checks (a real launch stops at the first FAIL):", render_checks(prep.checks)]
+    return "\n".join(lines)
+
+
+def supervision(book: ProfileBook, health_timeout: float | None, warmup: bool) -> Supervision:
+    sec = book.section("serve")
+    return Supervision(
+        health_timeout=float(health_timeout or sec.get("health_timeout_s", 1800)),
+        health_interval=float(sec.get("health_interval_s", 2.0)),
+        warmup=warmup, warmup_timeout=float(sec.get("warmup_timeout_s", 600)),
+        stop_timeout=float(sec.get("stop_timeout_s", 60)))
+
+
+def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) -> int:
+    """Fail on the first failed check (warnings are printed), then run the plan."""
+    for c in prep.checks:
+        if c.status == WARN:
+            out(f"warning: {c.name}: {c.detail}. {c.fix}".rstrip())
+    err = first_failure(prep.checks)
+    if err is not None:
+        raise err
+    plan = prep.plan
+    if plan.kind != "serve":
+        return run_ray(plan, out)
+    if detach:
+        return run_detached(plan, sup, out)
+    return run_foreground(plan, sup, out)
+
+
+def command(profile: str, pins: Pins, overrides: Overrides, *, net: NetOptions, detach: bool,
+            dry_run: bool, as_json: bool, health_timeout: float | None, warmup: bool,
+            out: Out = print) -> int:
+    """What `invoke serve` does after parsing its options."""
+    book = load_book()
+    prep = prepare(profile, pins, overrides, book=book, net=net)
+    if dry_run:
+        if as_json:
+            data = prep.plan.to_dict()
+            data["checks"] = [asdict(c) for c in prep.checks]
+            out(json.dumps(data, indent=2))
+        else:
+            out(render_plan(prep))
+        return 0
+    return launch(prep, supervision(book, health_timeout, warmup), detach=detach, out=out)
