@@ -140,9 +140,11 @@ TURBO_E2M1_FN uint32_t turbo_e2m1x8_sw(float v0, float v1, float v2, float v3, f
 // Only defined in device passes whose target has the instruction (`kernels.probe` uses it
 // directly, even when TURBO_E2M1_FORCE_SOFTWARE is set).
 __device__ __forceinline__ uint8_t turbo_e2m1x2_hw(float a, float b) {
-  uint32_t r;
-  asm("{\n\t.reg .b8 t;\n\tcvt.rn.satfinite.e2m1x2.f32 t, %1, %2;\n\tcvt.u32.u8 %0, t;\n}"
-      : "=r"(r)
+  // Widen the .b8 result with mov into a b16 pair, as cuda_fp4.hpp does: `cvt.u32.u8` of a
+  // .b8 register crashes ptxas 13.0.88 (segmentation fault) in larger kernels.
+  uint16_t r;
+  asm("{\n\t.reg .b8 t;\n\tcvt.rn.satfinite.e2m1x2.f32 t, %1, %2;\n\tmov.b16 %0, {t, 0};\n}"
+      : "=h"(r)
       : "f"(a), "f"(b));
   return static_cast<uint8_t>(r);
 }
