@@ -139,10 +139,44 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", target:
 
 
 # --------------------------------------------------------------------------- model
-@task(name="fetch-model")
-def fetch_model(c: Context) -> None:
-    """Download the pinned NVFP4 model with huggingface_hub (not built yet)."""
-    _guard(lambda: _not_built("fetch-model", 6))
+_FETCH_HELP = {
+    "dest": "Model directory (default: MODEL, else [model].path in turbo/data/pins.toml; other "
+            "variants go beside it, named as on the hub).",
+    "variant": "Which checkpoint: thinking (the pinned default) or instruct.",
+    "revision": "Branch, tag or commit to fetch. Default: the commit recorded in the model's "
+                "manifest, else the one this checkout fetched before, else the pins.",
+    "verify": "Re-hash every file against the hub (sha256; git blob id for small files) and "
+              "re-fetch any that differ.",
+    "offline": "Check the local copy against its manifest without the network (same as "
+               "HF_HUB_OFFLINE=1); with --verify also re-hash.",
+    "xet": "Let huggingface_hub fetch Xet-backed files with hf_xet (faster; a killed run "
+           "restarts the file in progress instead of resuming it).",
+    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted); "
+               "write nothing and exit 0.",
+    "json": "Print the result as JSON.",
+}
+
+
+@task(name="fetch-model", help=_FETCH_HELP)
+def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
+                verify: bool = False, offline: bool = False, xet: bool = False,
+                dry_run: bool = False, json: bool = False) -> None:
+    """Download the pinned Qwen3-Next-80B-A3B NVFP4 model (~45 GB): resumable, verified.
+
+    Only what vLLM needs (weights, index, configs, tokenizer). Interrupted runs resume where they
+    stopped. A token comes from HF_TOKEN or `hf auth login`. Writes <dest>/turbo-manifest.json.
+    """
+    from turbo import model_fetch
+    from turbo.pins import load_pins
+
+    def go() -> None:
+        print(model_fetch.run(load_pins(), as_json=json, dest=dest or None,
+                              variant=variant or None, revision=revision or None, verify=verify,
+                              offline=offline, dry_run=dry_run,
+                              transport="xet" if xet else "http",
+                              progress=sys.stderr.isatty()))
+
+    _guard(go)
 
 
 # --------------------------------------------------------------------------- serve
@@ -295,22 +329,125 @@ def cluster_link_check(c: Context, log: str = "") -> None:
 
 
 # --------------------------------------------------------------------------- patches
-@task(name="check")
-def patches_check(c: Context) -> None:
-    """Check that the patch series applies to a vLLM tree (not built yet)."""
-    _guard(lambda: _not_built("patches.check", 4))
+_PATCH_HELP = {
+    "src": "The vLLM source tree (an unpacked sdist or a git checkout). Default: .turbo/vllm.",
+    "ref": "The vLLM ref of that tree (a version such as 0.16.0, or a commit). Patches declare "
+           "the refs they are for (Applies-To:); others are skipped. Default: the pinned commit.",
+    "json": "Print the report as JSON (applied / skipped / already_applied / messages).",
+}
 
 
-@task(name="apply")
-def patches_apply(c: Context) -> None:
-    """Apply the patch series, all or nothing (not built yet)."""
-    _guard(lambda: _not_built("patches.apply", 4))
+def _patch_report(fn: Callable[[], object], json: bool) -> None:
+    from turbo import patching
+
+    report = _guard(fn)
+    assert isinstance(report, patching.PatchReport)
+    print(patching.render_report(report, as_json=json))
 
 
-@task(name="revert")
-def patches_revert(c: Context) -> None:
-    """Revert the patch series byte for byte (not built yet)."""
-    _guard(lambda: _not_built("patches.revert", 4))
+def _src_ref(src: str, ref: str) -> tuple[object, str]:
+    from pathlib import Path
+
+    from turbo import paths
+    from turbo.pins import load_pins
+
+    return Path(src) if src else paths.vllm_src_dir(), ref or load_pins().vllm.commit
+
+
+@task(name="check", help=_PATCH_HELP)
+def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) -> None:
+    """Check that the patch series applies to a vLLM tree; changes nothing.
+
+    Every patch for REF is applied in order to a scratch copy of the files it touches. Exits 1
+    naming the patch, file and hunk that does not apply.
+    """
+    from turbo import patching
+
+    tree, r = _src_ref(src, ref)
+    _patch_report(lambda: patching.check_series(tree, r), json)  # type: ignore[arg-type]
+
+
+@task(name="apply", help={**_PATCH_HELP,
+                          "dry_run": "Check and print what would be applied; change nothing."})
+def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = False,
+                  json: bool = False) -> None:
+    """Apply the patch series to a vLLM tree, all or nothing.
+
+    A failing patch leaves the tree exactly as it was. A second run is a no-op ("already
+    applied"). The record and pristine copies live in <src>/.turbo-patches(.json).
+    """
+    from turbo import patching
+
+    tree, r = _src_ref(src, ref)
+    _patch_report(lambda: patching.apply_series(tree, r, dry_run=dry_run), json)  # type: ignore[arg-type]
+
+
+@task(name="revert", help={"src": _PATCH_HELP["src"], "json": _PATCH_HELP["json"],
+                           "force": "Revert even if patched files were edited after apply "
+                                    "(those edits are lost).",
+                           "dry_run": "Print what would be restored; change nothing."})
+def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool = False,
+                   json: bool = False) -> None:
+    """Revert the patch series: the tree becomes byte for byte what it was before apply."""
+    from turbo import patching
+
+    tree, _ = _src_ref(src, "-")
+    if dry_run:
+        _patch_report(lambda: patching.revert_plan(tree), json)  # type: ignore[arg-type]
+        return
+    _patch_report(lambda: patching.revert_series(tree, force=force), json)  # type: ignore[arg-type]
+
+
+@task(name="refresh", help={
+    "src": "A PRISTINE vLLM tree of the sdist version (default: the cached, verified sdist "
+           "unpacked under .turbo/sdist).",
+    "check": "Only check: exit 1 if a generated patch is out of date; write nothing.",
+    "dry_run": "Same as --check.",
+})
+def patches_refresh(c: Context, src: str = "", check: bool = False,
+                    dry_run: bool = False) -> None:
+    """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
+    from pathlib import Path
+
+    from turbo import patch_refresh, paths, sdist
+    from turbo.pins import load_pins
+
+    def go() -> list[str]:
+        ver = load_pins().vllm.sdist_version
+        tree = Path(src) if src else sdist.unpack_vllm_sdist(paths.state_dir() / "sdist", ver)
+        return patch_refresh.refresh(tree, ver, check=check or dry_run)
+
+    stale = _guard(go)
+    if check or dry_run:
+        print("out of date: " + ", ".join(stale) if stale else "all generated patches are current")
+        if stale:
+            raise Exit(code=1)
+    else:
+        print("rewrote: " + ", ".join(stale) if stale else "all generated patches are current")
+
+
+@task(name="archs", help={
+    "src": "The vLLM source tree whose CMakeLists.txt and cmake/utils.cmake are evaluated.",
+    "arch_list": "TORCH_CUDA_ARCH_LIST to evaluate (default: the pinned one, 12.1a).",
+    "json": "Print machine-readable JSON.",
+})
+def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = False) -> None:
+    """Print which CUDA archs each vLLM kernel family gets (vLLM's own CMake logic, cmake -P)."""
+    import dataclasses
+    import json as _json
+
+    from turbo import cuda_archs
+    from turbo.console import render_table
+    from turbo.pins import load_pins
+
+    tree, _ = _src_ref(src, "-")
+    archs = arch_list or load_pins().toolchain.arch_list
+    report = _guard(lambda: cuda_archs.resolve(tree, archs))  # type: ignore[arg-type]
+    if json:
+        print(_json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        print(f"TORCH_CUDA_ARCH_LIST={archs}, CUDA {report.cuda_version}, tree {tree}")
+        print(render_table(["family", "list", "archs", "gencode"], cuda_archs.table_rows(report)))
 
 
 # --------------------------------------------------------------------------- kernels
@@ -321,6 +458,7 @@ def kernels_probe(c: Context) -> None:
 
 
 ns = Collection(doctor, build_vllm, fetch_model, serve, stop, verify, bench)
-ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert))
+ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
+                              patches_refresh, patches_archs))
 ns.add_collection(Collection("kernels", kernels_probe))
 ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))
