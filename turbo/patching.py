@@ -459,3 +459,30 @@ def _prune_empty(d: Path, root: Path) -> None:
     while d != root and d.is_dir() and not any(d.iterdir()):
         d.rmdir()
         d = d.parent
+
+
+def revert_plan(src: Path) -> PatchReport:
+    """What revert would do (for --dry-run): the files it would restore or remove."""
+    src = src.resolve()
+    _check_src(src)
+    state = _read_state(src)
+    report = PatchReport(
+        src=str(src), ref=str((state or {}).get("ref", "")), action="revert", dry_run=True
+    )
+    if state is None:
+        report.say("no patches recorded in this tree; nothing to revert")
+        return report
+    for rel, sha in sorted(state.get("pristine", {}).items()):
+        report.say(f"would {'remove' if sha is None else 'restore'} {rel}")
+    report.reverted = list(state.get("patches", []))
+    return report
+
+
+def render_report(report: PatchReport, *, as_json: bool = False) -> str:
+    """The report as text lines (one per event) or as JSON."""
+    if as_json:
+        return json.dumps(report.to_dict(), indent=2)
+    head = f"{report.action}{' (dry run)' if report.dry_run else ''}: {report.src}"
+    if report.ref:
+        head += f" @ {report.ref}"
+    return "\n".join([head, *(f"  {m}" for m in report.messages)])
