@@ -61,6 +61,8 @@ _BUILD_HELP = {
     "ref": "Commit to fetch and build (full 40-hex hash; default: the pin). With --src: the "
            "commit (or sdist version) the tree must be at.",
     "repo": "Git URL to fetch from (default: the pinned repository; a mirror for offline use).",
+    "patch_ref": "Apply the patches written for this ref (default: the tree's own commit or "
+                 "version), e.g. for a fork whose commit hash differs.",
     "target": "cuda (the GB10 build, default) or empty (vLLM's Python-only mode, for CPU "
               "machines and tests).",
     "arch_list": "TORCH_CUDA_ARCH_LIST (default: the pin, 12.1a for GB10).",
@@ -83,7 +85,8 @@ _BUILD_HELP = {
 
 def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, max_jobs: int,
                    nvcc_threads: int, overrides: dict[str, str], python: str,
-                   no_runtime_deps: bool, force: bool, verbose: bool) -> object:
+                   no_runtime_deps: bool, force: bool, verbose: bool,
+                   patch_ref: str = "") -> object:
     from pathlib import Path
 
     from turbo.build import BuildOptions
@@ -93,11 +96,13 @@ def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, m
         src=Path(src) if src else None, arch_list=arch_list or None,
         max_jobs=max_jobs or None, nvcc_threads=nvcc_threads or None,
         overrides={k: v for k, v in overrides.items() if v},
-        runtime_deps=not no_runtime_deps, force=force, verbose=verbose)
+        runtime_deps=not no_runtime_deps, force=force, verbose=verbose,
+        patch_ref=patch_ref or None)
 
 
 @task(name="build-vllm", help=_BUILD_HELP)
-def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", target: str = "cuda",
+def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_ref: str = "",
+               target: str = "cuda",
                arch_list: str = "", max_jobs: int = 0, nvcc_threads: int = 0,
                cutlass_src: str = "", flash_attn_src: str = "", flashmla_src: str = "",
                qutlass_src: str = "", triton_kernels_src: str = "", python: str = "",
@@ -119,7 +124,7 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", target:
 
     def go() -> None:
         opts = _build_options(src, ref, repo, target, arch_list, max_jobs, nvcc_threads,
-                              overrides, python, no_runtime_deps, force, verbose)
+                              overrides, python, no_runtime_deps, force, verbose, patch_ref)
         assert isinstance(opts, build.BuildOptions)
         pins = load_pins()
         if dry_run:

@@ -115,6 +115,9 @@ class BuildOptions:
     runtime_deps: bool = True
     force: bool = False
     verbose: bool = False
+    # Which ref's patches to apply (default: the tree's own commit or version). For a fork or
+    # mirror whose commit hash differs from the ref the patches were written for.
+    patch_ref: str | None = None
 
 
 @dataclass
@@ -135,6 +138,7 @@ class BuildPlan:
     fetch: bool  # True when we fetch with git into the managed directory
     repo: str | None
     ref: str
+    patch_ref: str
     arch_list: str
     patch_digest: str
     toolchain: toolchain.Toolchain
@@ -202,6 +206,7 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
         ref = source.require_commit_hash(opts.ref or pins.vllm.commit)
         src_dir, kind, fetch, repo = paths.vllm_src_dir(), "git", True, opts.repo or pins.vllm.repo
     arch = opts.arch_list or pins.toolchain.arch_list
+    patch_ref = opts.patch_ref or ref
     digest = series_digest()
     jobs = host_jobs(pins, h, max_jobs=opts.max_jobs, nvcc_threads=opts.nvcc_threads)
     bdir = build_dir()
@@ -247,8 +252,8 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
         steps.append(Step("use source tree", None, note=f"{kind} tree {src_dir} at {ref}"))
     steps += [
         Step("apply patch series", None, src_dir,
-             note=f"series {digest[:16]} for ref {ref[:12]}: all or nothing, already-applied "
-                  "patches are kept"),
+             note=f"series {digest[:16]}, patches for {patch_ref[:12]}: all or nothing; a tree "
+                  "with an older series is reverted first"),
         Step("use the environment's torch", [py, "use_existing_torch.py"], src_dir,
              note="strips vLLM's torch pins from requirements/ and pyproject.toml"),
         Step("install build requirements",
@@ -282,12 +287,13 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
 
     inputs: dict[str, Any] = {
         "commit": ref, "source_kind": kind, "src_dir": str(src_dir), "patch_digest": digest,
+        "patch_ref": patch_ref,
         "arch_list": arch if opts.target == "cuda" else None, "target": opts.target,
         "torch": tc.torch, "torch_cuda": tc.torch_cuda, "cuda": tc.cuda,
         "python": tc.python_version, "machine": tc.machine, "overrides": overrides,
     }
-    return BuildPlan(opts, src_dir, kind, fetch, repo, ref, arch, digest, tc, jobs, env, steps,
-                     inputs, bdir, paths.log_dir() / "build-vllm-<time>.log")
+    return BuildPlan(opts, src_dir, kind, fetch, repo, ref, patch_ref, arch, digest, tc, jobs,
+                     env, steps, inputs, bdir, paths.log_dir() / "build-vllm-<time>.log")
 
 
 def dry_run(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None) -> BuildPlan:
@@ -611,12 +617,12 @@ def _execute(plan: BuildPlan, pins: Pins, t0: float, echo: Echo) -> BuildResult:
             elif step.argv is not None:
                 lines = run_step(step, log, echo, verbose=plan.options.verbose, jobs=plan.jobs)
                 if step.name == "check vLLM imports":
-                    record["vllm_version"] = json.loads(lines[-1])
+                    record["vllm_import_version"] = json.loads(lines[-1])
                 if step.name == "check the extension loads":
                     record["extension_load"] = {"ok": True, "modules": list(EXTENSIONS)}
-        if "vllm_version" not in record:
-            record["vllm_version"] = toolchain.quick_probe(
-                pins, python=plan.options.python, target=plan.options.target).vllm_installed
+        # The installed distribution's version (with its local tag), as the no-op check reads it.
+        record["vllm_version"] = toolchain.quick_probe(
+            pins, python=plan.options.python, target=plan.options.target).vllm_installed
         record.update(result=stamp.OK, finished_at=stamp.now_iso(),
                       duration_s=round(time.monotonic() - t0, 1))
         stamp.write_stamp(record)
@@ -653,7 +659,7 @@ def _apply_patches(plan: BuildPlan, log: TaskLog, echo: Echo) -> dict[str, Any]:
         for msg in rev.messages:
             log.write(msg)
         echo(f"  reverted the previous series ({', '.join(rev.reverted) or 'none'})")
-    report = patching.apply_series(plan.src_dir, plan.ref)
+    report = patching.apply_series(plan.src_dir, plan.patch_ref)
     for msg in report.messages:
         log.write(msg)
         echo(f"  {msg}")
