@@ -294,13 +294,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class HubServer:
-    """Hub and CDN on two loopback ports (a different origin, like the real CDN)."""
+    """Hub and CDN, both on 127.0.0.1, the CDN addressed as another host."""
 
     def __init__(self) -> None:
         self.state = HubState()
         self._hub = _Server(self.state, "hub")
         self._cdn = _Server(self.state, "cdn")
-        self._hub.cdn_url = self._cdn.url
+        # The CDN is another origin, as on the real hub: another host name (still 127.0.0.1)
+        # and port, so neither client forwards the token there on a redirect.
+        self._hub.cdn_url = f"http://localhost:{self._cdn.server_address[1]}"
         self._threads = [threading.Thread(target=s.serve_forever, daemon=True)
                          for s in (self._hub, self._cdn)]
 
