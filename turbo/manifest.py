@@ -76,8 +76,11 @@ def manifest_path(model_dir: Path) -> Path:
 
 
 def _bad(path: Path, why: str) -> TurboError:
-    return TurboError(f"model manifest {path}", why,
-                      "Re-run `invoke fetch-model` to rebuild it (complete files are kept).")
+    return TurboError(
+        f"model manifest {path}",
+        why,
+        "Re-run `invoke fetch-model` to rebuild it (complete files are kept).",
+    )
 
 
 def parse_manifest(data: Any, source: Path) -> Manifest:
@@ -85,8 +88,12 @@ def parse_manifest(data: Any, source: Path) -> Manifest:
         raise _bad(source, "is not a JSON object")
     try:
         files = tuple(
-            ManifestFile(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]),
-                         git_oid=str(f.get("git_oid", "")))
+            ManifestFile(
+                path=str(f["path"]),
+                size=int(f["size"]),
+                sha256=str(f["sha256"]),
+                git_oid=str(f.get("git_oid", "")),
+            )
             for f in data["files"]
         )
         return Manifest(
@@ -209,8 +216,9 @@ def git_blob_oid(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_problems(model_dir: Path, manifest: Manifest,
-                  progress: Callable[[int], None] | None = None) -> list[str]:
+def hash_problems(
+    model_dir: Path, manifest: Manifest, progress: Callable[[int], None] | None = None
+) -> list[str]:
     """Re-hash every present, right-sized file against the manifest's sha256."""
     problems: list[str] = []
     for f in manifest.files:
