@@ -184,6 +184,8 @@ class Handler(BaseHTTPRequestHandler):
     def _complete(self, chat: bool, answer: str, n_prompt: int, n_out: int) -> None:
         st = self.server.state
         time.sleep(st.opts.ttft_s + n_out / st.opts.tokens_per_s)
+        for _ in st.steps(n_out):  # counts drafts as a streamed request would
+            pass
         text = answer if n_out <= count_tokens(answer) else answer + " x" * (n_out - 1)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
                  "total_tokens": n_prompt + n_out}

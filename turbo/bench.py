@@ -33,8 +33,26 @@ from turbo.verify import acceptance
 
 Out = Callable[[str], None]
 STAND_IN_WARNING = "STAND-IN SERVER (not vLLM): these numbers are not real performance"
-_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-          "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo")
+_WORDS = (
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+)
 
 
 @dataclass(frozen=True)
@@ -83,11 +101,18 @@ def prompt_text(n_words: int) -> str:
     return f"Request {uuid.uuid4().hex[:12]}. Continue this list: " + " ".join(words)
 
 
-def measure_one(ep: endpoint.Endpoint, served_name: str, prompt_len: int, output_len: int,
-                timeout: float) -> Sample:
-    body = {"model": served_name, "prompt": prompt_text(prompt_len), "max_tokens": output_len,
-            "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+def measure_one(
+    ep: endpoint.Endpoint, served_name: str, prompt_len: int, output_len: int, timeout: float
+) -> Sample:
+    body = {
+        "model": served_name,
+        "prompt": prompt_text(prompt_len),
+        "max_tokens": output_len,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = last = None
     usage: dict[str, Any] | None = None
@@ -101,12 +126,20 @@ def measure_one(ep: endpoint.Endpoint, served_name: str, prompt_len: int, output
     if first is None or last is None:
         raise TurboError("bench", "the stream carried no text", "Check the server log.")
     if usage is None:
-        raise TurboError("bench", "the stream had no usage chunk",
-                         "The server must honour stream_options.include_usage (vLLM does).")
+        raise TurboError(
+            "bench",
+            "the stream had no usage chunk",
+            "The server must honour stream_options.include_usage (vLLM does).",
+        )
     n = int(usage.get("completion_tokens", 0))
     decode = (n - 1) / (last - first) if n > 1 and last > first else 0.0
-    return Sample(prompt_tokens=int(usage.get("prompt_tokens", 0)), output_tokens=n,
-                  ttft_s=first - t0, decode_tok_s=decode, e2e_s=last - t0)
+    return Sample(
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        output_tokens=n,
+        ttft_s=first - t0,
+        decode_tok_s=decode,
+        e2e_s=last - t0,
+    )
 
 
 def _scrape(ep: endpoint.Endpoint) -> dict[str, float]:
@@ -120,15 +153,23 @@ def _scrape(ep: endpoint.Endpoint) -> dict[str, float]:
 def _spec(cell: Cell, before: dict[str, float], after: dict[str, float]) -> None:
     cell.acceptance = acceptance(after, before)
     drafts = after.get("vllm:spec_decode_num_drafts_total", 0) - before.get(
-        "vllm:spec_decode_num_drafts_total", 0)
+        "vllm:spec_decode_num_drafts_total", 0
+    )
     accepted = after.get("vllm:spec_decode_num_accepted_tokens_total", 0) - before.get(
-        "vllm:spec_decode_num_accepted_tokens_total", 0)
+        "vllm:spec_decode_num_accepted_tokens_total", 0
+    )
     cell.mean_accepted_len = 1 + accepted / drafts if drafts > 0 else None
 
 
-def run_builtin_cell(ep: endpoint.Endpoint, served_name: str, prompt_len: int,
-                     output_len: int, concurrency: int, repeats: int,
-                     timeout: float) -> Cell:
+def run_builtin_cell(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    prompt_len: int,
+    output_len: int,
+    concurrency: int,
+    repeats: int,
+    timeout: float,
+) -> Cell:
     cell = Cell(prompt_len, output_len, concurrency, "builtin")
     before = _scrape(ep)
     aggregates: list[float] = []
@@ -136,11 +177,13 @@ def run_builtin_cell(ep: endpoint.Endpoint, served_name: str, prompt_len: int,
         results: list[Sample | BaseException] = []
         lock = threading.Lock()
 
-        def one(results: list[Sample | BaseException] = results,
-                lock: threading.Lock = lock) -> None:
+        def one(
+            results: list[Sample | BaseException] = results, lock: threading.Lock = lock
+        ) -> None:
             try:
-                s: Sample | BaseException = measure_one(ep, served_name, prompt_len,
-                                                        output_len, timeout)
+                s: Sample | BaseException = measure_one(
+                    ep, served_name, prompt_len, output_len, timeout
+                )
             except BaseException as exc:  # handed to the main thread below
                 s = exc
             with lock:
@@ -167,17 +210,53 @@ def run_builtin_cell(ep: endpoint.Endpoint, served_name: str, prompt_len: int,
 
 
 # ------------------------------------------------------------------ vLLM's own benchmark
-def vllm_bench_argv(ep: endpoint.Endpoint, served_name: str, model: str, prompt_len: int,
-                    output_len: int, concurrency: int, repeats: int, result_dir: Path,
-                    result_file: str) -> list[str]:
-    return ["vllm", "bench", "serve", "--backend", "openai", "--base-url", ep.base,
-            "--endpoint", "/v1/completions", "--model", model, "--served-model-name",
-            served_name, "--tokenizer", model, "--dataset-name", "random",
-            "--random-input-len", str(prompt_len), "--random-output-len", str(output_len),
-            "--num-prompts", str(repeats * concurrency), "--max-concurrency", str(concurrency),
-            "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result",
-            "--result-dir", str(result_dir), "--result-filename", result_file,
-            "--disable-tqdm"]
+def vllm_bench_argv(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    model: str,
+    prompt_len: int,
+    output_len: int,
+    concurrency: int,
+    repeats: int,
+    result_dir: Path,
+    result_file: str,
+) -> list[str]:
+    return [
+        "vllm",
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--base-url",
+        ep.base,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--tokenizer",
+        model,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(prompt_len),
+        "--random-output-len",
+        str(output_len),
+        "--num-prompts",
+        str(repeats * concurrency),
+        "--max-concurrency",
+        str(concurrency),
+        "--ignore-eos",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--save-result",
+        "--result-dir",
+        str(result_dir),
+        "--result-filename",
+        result_file,
+        "--disable-tqdm",
+    ]
 
 
 def parse_vllm_result(data: Mapping[str, Any], cell: Cell) -> Cell:
@@ -187,27 +266,40 @@ def parse_vllm_result(data: Mapping[str, Any], cell: Cell) -> Cell:
         cell.ttft_ms = float(data["median_ttft_ms"])
         cell.aggregate_tok_s = float(data["output_throughput"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise TurboError("vllm bench serve result", f"lacks {exc}",
-                         "Check the vLLM version; the tool's JSON changed.") from exc
+        raise TurboError(
+            "vllm bench serve result",
+            f"lacks {exc}",
+            "Check the vLLM version; the tool's JSON changed.",
+        ) from exc
     if int(data.get("completed", 0)) == 0:
         raise TurboError("vllm bench serve", "completed no request", "Check the server log.")
     cell.decode_tok_s = 1000.0 / tpot if tpot > 0 else 0.0
     return cell
 
 
-def run_vllm_cell(ep: endpoint.Endpoint, served_name: str, model: str, prompt_len: int,
-                  output_len: int, concurrency: int, repeats: int, work: Path,
-                  out: Out) -> Cell:
+def run_vllm_cell(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    model: str,
+    prompt_len: int,
+    output_len: int,
+    concurrency: int,
+    repeats: int,
+    work: Path,
+    out: Out,
+) -> Cell:
     cell = Cell(prompt_len, output_len, concurrency, "vllm bench serve")
     name = f"vllm-p{prompt_len}-o{output_len}-c{concurrency}.json"
-    argv = vllm_bench_argv(ep, served_name, model, prompt_len, output_len, concurrency,
-                           repeats, work, name)
+    argv = vllm_bench_argv(
+        ep, served_name, model, prompt_len, output_len, concurrency, repeats, work, name
+    )
     before = _scrape(ep)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise TurboError("vllm bench serve", f"exit {proc.returncode}",
-                         f"Read {work / (name + '.log')}.")
+        raise TurboError(
+            "vllm bench serve", f"exit {proc.returncode}", f"Read {work / (name + '.log')}."
+        )
     parse_vllm_result(json.loads((work / name).read_text()), cell)
     _spec(cell, before, _scrape(ep))
     return cell
@@ -220,8 +312,11 @@ def choose_tool(tool: str, model: str) -> tuple[str, str]:
     has_tok = (Path(model) / "tokenizer.json").is_file()
     if tool == "vllm":
         if not has_vllm:
-            raise UsageError("--tool vllm", "vllm is not on PATH",
-                             "Run inside the pixi environment, or use --tool builtin.")
+            raise UsageError(
+                "--tool vllm",
+                "vllm is not on PATH",
+                "Run inside the pixi environment, or use --tool builtin.",
+            )
         return "vllm", "asked for (--tool vllm)"
     if tool != "auto":
         raise UsageError(f"--tool {tool}", "is not a tool", "Choose auto, vllm or builtin.")
@@ -235,30 +330,66 @@ def choose_tool(tool: str, model: str) -> tuple[str, str]:
 def server_info(ep: endpoint.Endpoint, served_name: str) -> str:
     r = endpoint.get(ep, "/v1/models")
     if r.status_code != 200:
-        raise TurboError(ep.url("/v1/models"), f"HTTP {r.status_code}",
-                         "Check the server (`invoke verify`).")
+        raise TurboError(
+            ep.url("/v1/models"), f"HTTP {r.status_code}", "Check the server (`invoke verify`)."
+        )
     for m in r.json().get("data", []):
         if m.get("id") == served_name:
             return str(m.get("owned_by", "?"))
-    raise UsageError("bench", f"the server does not serve {served_name!r}",
-                     "Pass --served-name with one of the names /v1/models lists.")
+    raise UsageError(
+        "bench",
+        f"the server does not serve {served_name!r}",
+        "Pass --served-name with one of the names /v1/models lists.",
+    )
 
 
-def run(ep: endpoint.Endpoint, served_name: str, *, model: str, prompt_lens: Sequence[int],
-        output_lens: Sequence[int], concurrency: Sequence[int], repeats: int, tool: str,
-        seed: Mapping[str, float], work: Path, timeout: float = 600.0,
-        out: Out = print) -> Report:
-    if repeats < 1 or not prompt_lens or not output_lens or not concurrency or min(
-            [*prompt_lens, *output_lens, *concurrency]) < 1:
-        raise UsageError("bench grid", "lengths, concurrency and repeats must be >= 1",
-                         "For example --prompt-lens 128,2048 --output-lens 128 --repeats 3.")
+def run(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    *,
+    model: str,
+    prompt_lens: Sequence[int],
+    output_lens: Sequence[int],
+    concurrency: Sequence[int],
+    repeats: int,
+    tool: str,
+    seed: Mapping[str, float],
+    work: Path,
+    timeout: float = 600.0,
+    out: Out = print,
+) -> Report:
+    if (
+        repeats < 1
+        or not prompt_lens
+        or not output_lens
+        or not concurrency
+        or min([*prompt_lens, *output_lens, *concurrency]) < 1
+    ):
+        raise UsageError(
+            "bench grid",
+            "lengths, concurrency and repeats must be >= 1",
+            "For example --prompt-lens 128,2048 --output-lens 128 --repeats 3.",
+        )
     if not endpoint.healthy(ep):
-        raise TurboError(ep.url("/health"), "is not healthy",
-                         "Start the server (`invoke serve --detach`) and wait for it.")
+        raise TurboError(
+            ep.url("/health"),
+            "is not healthy",
+            "Start the server (`invoke serve --detach`) and wait for it.",
+        )
     owned_by = server_info(ep, served_name)
     chosen, reason = choose_tool(tool, model)
-    report = Report(ep.base, served_name, owned_by, owned_by != "vllm", chosen, reason,
-                    repeats, dict(seed), [], time.strftime("%Y-%m-%dT%H:%M:%S"))
+    report = Report(
+        ep.base,
+        served_name,
+        owned_by,
+        owned_by != "vllm",
+        chosen,
+        reason,
+        repeats,
+        dict(seed),
+        [],
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     if report.stand_in:
         out(f"warning: {STAND_IN_WARNING} (owned_by={owned_by!r})")
     work.mkdir(parents=True, exist_ok=True)
@@ -270,8 +401,7 @@ def run(ep: endpoint.Endpoint, served_name: str, *, model: str, prompt_lens: Seq
         else:
             cell = run_builtin_cell(ep, served_name, p, o, c, repeats, timeout)
         acc = f", acceptance {cell.acceptance:.0%}" if cell.acceptance is not None else ""
-        out(f"      TTFT {cell.ttft_ms:.0f} ms, decode {cell.decode_tok_s:.1f} tok/s"
-            f"{acc}")
+        out(f"      TTFT {cell.ttft_ms:.0f} ms, decode {cell.decode_tok_s:.1f} tok/s{acc}")
         report.cells.append(cell)
     return report
 
@@ -280,18 +410,28 @@ def markdown(report: Report) -> str:
     lines = [f"# Benchmark: {report.served_name} at {report.endpoint}", ""]
     if report.stand_in:
         lines += [f"> **{STAND_IN_WARNING}** (owned_by `{report.owned_by}`).", ""]
-    lines += [f"Tool: {report.tool} ({report.tool_reason}); median of {report.repeats} "
-              f"repeats; {report.started}.", "",
-              "| prompt | output | concurrency | TTFT ms | decode tok/s (per stream) | "
-              "total tok/s | MTP acceptance | mean accepted length |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"Tool: {report.tool} ({report.tool_reason}); median of {report.repeats} "
+        f"repeats; {report.started}.",
+        "",
+        "| prompt | output | concurrency | TTFT ms | decode tok/s (per stream) | "
+        "total tok/s | MTP acceptance | mean accepted length |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in report.cells:
         acc = f"{c.acceptance:.0%}" if c.acceptance is not None else "-"
         mal = f"{c.mean_accepted_len:.2f}" if c.mean_accepted_len is not None else "-"
-        lines.append(f"| {c.prompt_len} | {c.output_len} | {c.concurrency} | {c.ttft_ms:.0f} "
-                     f"| {c.decode_tok_s:.1f} | {c.aggregate_tok_s:.1f} | {acc} | {mal} |")
-    lines += ["", "Seed figures (one DGX Spark, single-stream decode):", "",
-              "| configuration | tok/s |", "|---|---:|"]
+        lines.append(
+            f"| {c.prompt_len} | {c.output_len} | {c.concurrency} | {c.ttft_ms:.0f} "
+            f"| {c.decode_tok_s:.1f} | {c.aggregate_tok_s:.1f} | {acc} | {mal} |"
+        )
+    lines += [
+        "",
+        "Seed figures (one DGX Spark, single-stream decode):",
+        "",
+        "| configuration | tok/s |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v:g} |" for k, v in report.seed.items()]
     return "\n".join(lines) + "\n"
 
@@ -304,16 +444,23 @@ def chart(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     single = [c for c in report.cells if c.concurrency == 1] or report.cells
-    labels = [f"p{c.prompt_len}/o{c.output_len}" + (f"/c{c.concurrency}"
-                                                     if c.concurrency > 1 else "")
-              for c in single]
+    labels = [
+        f"p{c.prompt_len}/o{c.output_len}" + (f"/c{c.concurrency}" if c.concurrency > 1 else "")
+        for c in single
+    ]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(single) + 3), 4.5))
     ax.bar(labels, [c.decode_tok_s for c in single], color="#4c72b0", label="measured")
     styles = ["--", "-.", ":"]
     for i, (name, value) in enumerate(report.seed.items()):
         ax.axhline(value, color="grey", linestyle=styles[i % 3], linewidth=1)
-        ax.text(len(single) - 0.5, value, f" seed {name}: {value:g}", va="bottom", ha="right",
-                fontsize=8)
+        ax.text(
+            len(single) - 0.5,
+            value,
+            f" seed {name}: {value:g}",
+            va="bottom",
+            ha="right",
+            fontsize=8,
+        )
     ax.set_ylabel("decode tok/s (median, single stream)")
     ax.set_xlabel("prompt / output tokens")
     title = f"{report.served_name}: {report.tool}"
@@ -339,14 +486,28 @@ def write(report: Report, out_dir: Path, with_chart: bool = True) -> dict[str, P
 
 
 def render(report: Report) -> str:
-    rows = [(c.prompt_len, c.output_len, c.concurrency, f"{c.ttft_ms:.0f}",
-             f"{c.decode_tok_s:.1f}", f"{c.aggregate_tok_s:.1f}",
-             f"{c.acceptance:.0%}" if c.acceptance is not None else "-") for c in report.cells]
+    rows = [
+        (
+            c.prompt_len,
+            c.output_len,
+            c.concurrency,
+            f"{c.ttft_ms:.0f}",
+            f"{c.decode_tok_s:.1f}",
+            f"{c.aggregate_tok_s:.1f}",
+            f"{c.acceptance:.0%}" if c.acceptance is not None else "-",
+        )
+        for c in report.cells
+    ]
     head = f"{STAND_IN_WARNING}\n" if report.stand_in else ""
     seed = ", ".join(f"{k} {v:g}" for k, v in report.seed.items())
-    return (head + render_table(["prompt", "output", "conc", "TTFT ms", "decode tok/s",
-                                 "total tok/s", "MTP accept"], rows)
-            + f"\n\nseed (tok/s, single stream): {seed}")
+    return (
+        head
+        + render_table(
+            ["prompt", "output", "conc", "TTFT ms", "decode tok/s", "total tok/s", "MTP accept"],
+            rows,
+        )
+        + f"\n\nseed (tok/s, single stream): {seed}"
+    )
 
 
 def _ints(text: str, default: Sequence[int], what: str) -> list[int]:
@@ -355,13 +516,29 @@ def _ints(text: str, default: Sequence[int], what: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise UsageError(f"--{what} {text!r}", "is not a comma-separated list of integers",
-                         f"For example --{what} 128,2048.") from exc
+        raise UsageError(
+            f"--{what} {text!r}",
+            "is not a comma-separated list of integers",
+            f"For example --{what} 128,2048.",
+        ) from exc
 
 
-def command(*, url: str, port: int | None, served_name: str, prompt_lens: str,
-            output_lens: str, concurrency: str, repeats: int | None, tool: str, model: str,
-            out: str, chart: bool, as_json: bool, printer: Out = print) -> str:
+def command(
+    *,
+    url: str,
+    port: int | None,
+    served_name: str,
+    prompt_lens: str,
+    output_lens: str,
+    concurrency: str,
+    repeats: int | None,
+    tool: str,
+    model: str,
+    out: str,
+    chart: bool,
+    as_json: bool,
+    printer: Out = print,
+) -> str:
     """What `invoke bench` does after parsing: run the grid, write the files, summarise."""
     from turbo import paths
     from turbo.pins import load_pins
@@ -371,17 +548,23 @@ def command(*, url: str, port: int | None, served_name: str, prompt_lens: str,
     sec = load_book().section("bench")
     ep = endpoint.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
-    report = run(ep, served_name or pins.serve.served_name,
-                 model=model or str(paths.model_dir(pins)),
-                 prompt_lens=_ints(prompt_lens, sec.get("prompt_lens", [128]), "prompt-lens"),
-                 output_lens=_ints(output_lens, sec.get("output_lens", [128]), "output-lens"),
-                 concurrency=_ints(concurrency, [1], "concurrency"),
-                 repeats=repeats or int(sec.get("repeats", 3)), tool=tool,
-                 seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
-                 work=out_dir / "raw", out=printer)
+    report = run(
+        ep,
+        served_name or pins.serve.served_name,
+        model=model or str(paths.model_dir(pins)),
+        prompt_lens=_ints(prompt_lens, sec.get("prompt_lens", [128]), "prompt-lens"),
+        output_lens=_ints(output_lens, sec.get("output_lens", [128]), "output-lens"),
+        concurrency=_ints(concurrency, [1], "concurrency"),
+        repeats=repeats or int(sec.get("repeats", 3)),
+        tool=tool,
+        seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
+        work=out_dir / "raw",
+        out=printer,
+    )
     files = write(report, out_dir, with_chart=chart)
     if as_json:
-        return json.dumps({**report.to_dict(), "files": {k: str(v) for k, v in files.items()}},
-                          indent=2)
+        return json.dumps(
+            {**report.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2
+        )
     listing = "\n".join(f"  {k}: {v}" for k, v in files.items())
     return f"{render(report)}\n\nwritten:\n{listing}"

@@ -89,9 +89,15 @@ def scan(sysfs: Path = Path("/sys")) -> list[RdmaDevice]:
         netdevs = tuple(sorted(p.name for p in net.iterdir())) if net.is_dir() else ()
         port = dev / "ports" / "1"
         state = _read(port / "state").partition(":")[2].strip() or _read(port / "state")
-        out.append(RdmaDevice(name=dev.name, netdevs=netdevs, state=state,
-                              link_layer=_read(port / "link_layer"),
-                              roce_v2_gid=_roce_v2_gid(port)))
+        out.append(
+            RdmaDevice(
+                name=dev.name,
+                netdevs=netdevs,
+                state=state,
+                link_layer=_read(port / "link_layer"),
+                roce_v2_gid=_roce_v2_gid(port),
+            )
+        )
     return out
 
 
@@ -111,14 +117,24 @@ def ipv4_of(ifname: str) -> ipaddress.IPv4Interface | None:
 
 
 def _no_roce(why: str) -> TurboError:
-    return TurboError("RoCE detection", why,
-                      "Cable and bring up the ConnectX-7 port (an IP on its enp1s0f*np* netdev), "
-                      "or pass --ifname and --hca (or NCCL_SOCKET_IFNAME / NCCL_IB_HCA).")
+    return TurboError(
+        "RoCE detection",
+        why,
+        "Cable and bring up the ConnectX-7 port (an IP on its enp1s0f*np* netdev), "
+        "or pass --ifname and --hca (or NCCL_SOCKET_IFNAME / NCCL_IB_HCA).",
+    )
 
 
-def detect(devices: Sequence[RdmaDevice], ipv4: Ipv4Of, *, head: str | None = None,
-           ifname: str | None = None, hca: Sequence[str] = (),
-           gid_index: int | None = None, node_ip: str | None = None) -> RoceChoice:
+def detect(
+    devices: Sequence[RdmaDevice],
+    ipv4: Ipv4Of,
+    *,
+    head: str | None = None,
+    ifname: str | None = None,
+    hca: Sequence[str] = (),
+    gid_index: int | None = None,
+    node_ip: str | None = None,
+) -> RoceChoice:
     """Choose the RoCE port: overrides first, else the active port whose netdev has an IP.
 
     With two usable ports, the one on the head address's subnet wins, else the first by name.
@@ -130,8 +146,11 @@ def detect(devices: Sequence[RdmaDevice], ipv4: Ipv4Of, *, head: str | None = No
 
     if ifname and hca:
         chosen = [d for d in devices if d.name in hca]
-        gid = gid_index if gid_index is not None else next(
-            (d.roce_v2_gid for d in chosen if d.roce_v2_gid is not None), None)
+        gid = (
+            gid_index
+            if gid_index is not None
+            else next((d.roce_v2_gid for d in chosen if d.roce_v2_gid is not None), None)
+        )
         ip = node_ip or _ip_text(ipv4(ifname))
         return RoceChoice(ifname, tuple(hca), gid, ip, "override", ())
 
@@ -165,21 +184,35 @@ def detect(devices: Sequence[RdmaDevice], ipv4: Ipv4Of, *, head: str | None = No
         others = ", ".join(c[2] for c in candidates if c is not pick)
         notes.append(f"also usable: {others}; chose {pick[2]} (override with --ifname)")
     _, twins, nd, iface = pick
-    names = tuple(hca) or tuple(d.name for d in twins if d.active_roce)
-    gid = gid_index if gid_index is not None else next(
-        (d.roce_v2_gid for d in twins if d.roce_v2_gid is not None), None)
+    # The twin that owns the addressed netdev first: its GID table has the IPv4 RoCE v2 entry.
+    ordered = sorted(twins, key=lambda d: (nd not in d.netdevs, d.name))
+    names = tuple(hca) or tuple(d.name for d in ordered if d.active_roce)
+    gid = (
+        gid_index
+        if gid_index is not None
+        else next((d.roce_v2_gid for d in ordered if d.roce_v2_gid is not None), None)
+    )
     if gid is None:
         notes.append("no RoCE v2 GID found; NCCL will pick its default GID index")
-    return RoceChoice(ifname=nd, hca=names, gid_index=gid,
-                      node_ip=node_ip or str(iface.ip), source="sysfs", notes=tuple(notes))
+    return RoceChoice(
+        ifname=nd,
+        hca=names,
+        gid_index=gid,
+        node_ip=node_ip or str(iface.ip),
+        source="sysfs",
+        notes=tuple(notes),
+    )
 
 
 def _ip_text(iface: ipaddress.IPv4Interface | None) -> str | None:
     return str(iface.ip) if iface is not None else None
 
 
-def find_system_nccl(candidates: Sequence[str], environ: Mapping[str, str],
-                     exists: Callable[[str], bool] = os.path.exists) -> str | None:
+def find_system_nccl(
+    candidates: Sequence[str],
+    environ: Mapping[str, str],
+    exists: Callable[[str], bool] = os.path.exists,
+) -> str | None:
     """VLLM_NCCL_SO_PATH if the user set it, else the first system libnccl that exists."""
     given = environ.get("VLLM_NCCL_SO_PATH")
     if given:
@@ -187,13 +220,17 @@ def find_system_nccl(candidates: Sequence[str], environ: Mapping[str, str],
     return next((c for c in candidates if exists(c)), None)
 
 
-def cluster_env(choice: RoceChoice, *, nccl_so: str | None, nccl_debug: str,
-                nccl_debug_subsys: str) -> dict[str, str]:
+def cluster_env(
+    choice: RoceChoice, *, nccl_so: str | None, nccl_debug: str, nccl_debug_subsys: str
+) -> dict[str, str]:
     """The variables every process of a two-node run needs, exported before `ray start`
     because vLLM does not forward NCCL_* to Ray workers."""
     if not choice.node_ip:
-        raise UsageError("node address", f"{choice.ifname} has no IPv4 address",
-                         "Pass --node-ip (or NODE_IP) with this node's RoCE address.")
+        raise UsageError(
+            "node address",
+            f"{choice.ifname} has no IPv4 address",
+            "Pass --node-ip (or NODE_IP) with this node's RoCE address.",
+        )
     env = {
         "VLLM_HOST_IP": choice.node_ip,
         "NCCL_SOCKET_IFNAME": choice.ifname,
@@ -213,13 +250,31 @@ def cluster_env(choice: RoceChoice, *, nccl_so: str | None, nccl_debug: str,
 
 def ray_argv(kind: str, *, node_ip: str, ray_port: int, head: str | None) -> list[str]:
     if kind == "ray-head":
-        return ["ray", "start", "--head", "--node-ip-address", node_ip,
-                "--port", str(ray_port), "--disable-usage-stats"]
+        return [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address",
+            node_ip,
+            "--port",
+            str(ray_port),
+            "--disable-usage-stats",
+        ]
     if not head:
-        raise UsageError("tp2-worker", "needs the head node's address",
-                         "Pass --head IP (or set HEAD_IP) with the head's RoCE address.")
-    return ["ray", "start", "--address", f"{head}:{ray_port}", "--node-ip-address", node_ip,
-            "--disable-usage-stats"]
+        raise UsageError(
+            "tp2-worker",
+            "needs the head node's address",
+            "Pass --head IP (or set HEAD_IP) with the head's RoCE address.",
+        )
+    return [
+        "ray",
+        "start",
+        "--address",
+        f"{head}:{ray_port}",
+        "--node-ip-address",
+        node_ip,
+        "--disable-usage-stats",
+    ]
 
 
 # ------------------------------------------------------------------------------ link check
@@ -281,8 +336,11 @@ def link_check(log: Path) -> LinkReport:
     try:
         text = log.read_text(errors="replace")
     except OSError as exc:
-        raise UsageError(f"log {log}", f"cannot be read ({exc.strerror})",
-                         "Pass --log with a serve log of a tp2 profile.") from exc
+        raise UsageError(
+            f"log {log}",
+            f"cannot be read ({exc.strerror})",
+            "Pass --log with a serve log of a tp2 profile.",
+        ) from exc
     return parse_nccl_log(text)
 
 
@@ -293,9 +351,11 @@ def detect_command(sysfs: str, head: str | None, as_json: bool) -> str:
     choice = detect(scan(Path(sysfs)), ipv4_of, head=head)
     if as_json:
         return json.dumps(asdict(choice), indent=2)
-    lines = [f"RoCE netdev:  {choice.ifname} ({choice.node_ip})",
-             f"RDMA devices: {','.join(choice.hca)}",
-             f"GID index:    {choice.gid_index if choice.gid_index is not None else 'default'}"]
+    lines = [
+        f"RoCE netdev:  {choice.ifname} ({choice.node_ip})",
+        f"RDMA devices: {','.join(choice.hca)}",
+        f"GID index:    {choice.gid_index if choice.gid_index is not None else 'default'}",
+    ]
     return "\n".join(lines + [f"note: {n}" for n in choice.notes])
 
 
@@ -304,12 +364,18 @@ def link_check_command(log: str | None) -> int:
 
     path = Path(log) if log else latest_serve_log(paths.log_dir())
     if path is None:
-        raise UsageError("link-check", f"no serve log in {paths.log_dir()}",
-                         "Serve a tp2 profile first, or pass --log FILE.")
+        raise UsageError(
+            "link-check",
+            f"no serve log in {paths.log_dir()}",
+            "Serve a tp2 profile first, or pass --log FILE.",
+        )
     report = link_check(path)
-    verdict = {"roce": "RDMA over RoCE", "ib": "RDMA (InfiniBand verbs)",
-               "socket": "TCP sockets (slow: check NCCL_IB_HCA and the RoCE port)",
-               "unknown": "not said (is NCCL_DEBUG=INFO set? did NCCL start?)"}[report.transport]
+    verdict = {
+        "roce": "RDMA over RoCE",
+        "ib": "RDMA (InfiniBand verbs)",
+        "socket": "TCP sockets (slow: check NCCL_IB_HCA and the RoCE port)",
+        "unknown": "not said (is NCCL_DEBUG=INFO set? did NCCL start?)",
+    }[report.transport]
     print(f"NCCL transport in {path}: {verdict}")
     for line in report.evidence[:6]:
         print(f"  {line}")

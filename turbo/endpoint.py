@@ -30,8 +30,9 @@ class Endpoint:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
-def endpoint_for(host: str, port: int, environ: Mapping[str, str] | None = None,
-                 api_key: str | None = None) -> Endpoint:
+def endpoint_for(
+    host: str, port: int, environ: Mapping[str, str] | None = None, api_key: str | None = None
+) -> Endpoint:
     """The URL a client on this machine uses; the key is vLLM's own VLLM_API_KEY."""
     env = os.environ if environ is None else environ
     h = _WILDCARD.get(host, host)
@@ -51,8 +52,11 @@ class EndpointError(TurboError):
 
 
 def _fail(ep: Endpoint, path: str, why: str) -> EndpointError:
-    return EndpointError(f"{ep.url(path)}", why,
-                         "Is the server running (`invoke serve`)? See its log in .turbo/logs.")
+    return EndpointError(
+        f"{ep.url(path)}",
+        why,
+        "Is the server running (`invoke serve`)? See its log in .turbo/logs.",
+    )
 
 
 def get(ep: Endpoint, path: str, timeout: float = 10.0) -> requests.Response:
@@ -62,8 +66,9 @@ def get(ep: Endpoint, path: str, timeout: float = 10.0) -> requests.Response:
         raise _fail(ep, path, f"no answer ({type(exc).__name__})") from exc
 
 
-def post_json(ep: Endpoint, path: str, body: Mapping[str, Any],
-              timeout: float = 120.0) -> dict[str, Any]:
+def post_json(
+    ep: Endpoint, path: str, body: Mapping[str, Any], timeout: float = 120.0
+) -> dict[str, Any]:
     try:
         r = requests.post(ep.url(path), json=dict(body), headers=ep.headers(), timeout=timeout)
     except requests.RequestException as exc:
@@ -86,13 +91,15 @@ def healthy(ep: Endpoint, timeout: float = 5.0) -> bool:
         return False
 
 
-def stream(ep: Endpoint, path: str, body: Mapping[str, Any],
-           timeout: float = 600.0) -> Iterator[tuple[float, dict[str, Any]]]:
+def stream(
+    ep: Endpoint, path: str, body: Mapping[str, Any], timeout: float = 600.0
+) -> Iterator[tuple[float, dict[str, Any]]]:
     """Server-sent events of a streaming completion as (arrival time, event); raises when the
     stream ends without vLLM's closing ``data: [DONE]`` (a dropped connection)."""
     try:
-        r = requests.post(ep.url(path), json=dict(body), headers=ep.headers(), timeout=timeout,
-                          stream=True)
+        r = requests.post(
+            ep.url(path), json=dict(body), headers=ep.headers(), timeout=timeout, stream=True
+        )
     except requests.RequestException as exc:
         raise _fail(ep, path, f"no answer ({type(exc).__name__})") from exc
     with r:

@@ -50,10 +50,13 @@ class ModelShape:
         return 2 * self.attention_layers * self.num_key_value_heads * self.head_dim * per
 
     def state_bytes_per_sequence(self) -> int:
-        recurrent = (self.linear_num_value_heads * self.linear_key_head_dim
-                     * self.linear_value_head_dim)
-        conv_dim = (2 * self.linear_num_key_heads * self.linear_key_head_dim
-                    + self.linear_num_value_heads * self.linear_value_head_dim)
+        recurrent = (
+            self.linear_num_value_heads * self.linear_key_head_dim * self.linear_value_head_dim
+        )
+        conv_dim = (
+            2 * self.linear_num_key_heads * self.linear_key_head_dim
+            + self.linear_num_value_heads * self.linear_value_head_dim
+        )
         conv = conv_dim * (self.linear_conv_kernel_dim - 1)
         return self.linear_layers * (recurrent + conv) * _STATE_BYTES
 
@@ -86,10 +89,19 @@ class MemFit:
     fix: str
 
 
-def estimate(*, weights_bytes: int, tensor_parallel: int, utilization: float,
-             max_model_len: int, kv_dtype: str, shape: ModelShape, total_gb: float,
-             available_gb: float | None, overhead_gb: float,
-             max_safe_utilization: float) -> MemFit:
+def estimate(
+    *,
+    weights_bytes: int,
+    tensor_parallel: int,
+    utilization: float,
+    max_model_len: int,
+    kv_dtype: str,
+    shape: ModelShape,
+    total_gb: float,
+    available_gb: float | None,
+    overhead_gb: float,
+    max_safe_utilization: float,
+) -> MemFit:
     """The fit of one node's share of the model (weights split evenly by tensor parallelism)."""
     tp = max(1, tensor_parallel)
     claimed = utilization * total_gb
@@ -99,28 +111,49 @@ def estimate(*, weights_bytes: int, tensor_parallel: int, utilization: float,
     per_token = shape.kv_bytes_per_token(kv_dtype) / tp
     one_seq = (max_model_len * per_token + shape.state_bytes_per_sequence() / tp) / GB
     fit = int(budget // one_seq) if budget > 0 and one_seq > 0 else 0
-    head = (f"claims {claimed:.1f} of {total_gb:.0f} GB ({utilization:.2f}); weights "
-            f"{weights:.1f} + overhead ~{overhead_gb:.0f} leaves {budget:.1f} GB KV, "
-            f"{fit} x {max_model_len}-token sequences")
+    head = (
+        f"claims {claimed:.1f} of {total_gb:.0f} GB ({utilization:.2f}); weights "
+        f"{weights:.1f} + overhead ~{overhead_gb:.0f} leaves {budget:.1f} GB KV, "
+        f"{fit} x {max_model_len}-token sequences"
+    )
     status, fix = PASS, ""
     if budget < one_seq:
         status = FAIL
         if weights + overhead_gb + one_seq > max_safe_utilization * total_gb:
-            fix = (f"This machine's {total_gb:.0f} GB cannot hold the weights safely; serve on a "
-                   "DGX Spark (128 GB) or split it over two (tp2 profiles).")
+            fix = (
+                f"This machine's {total_gb:.0f} GB cannot hold the weights safely; serve on a "
+                "DGX Spark (128 GB) or split it over two (tp2 profiles)."
+            )
         else:
-            fix = ("Raise --set gpu-memory-utilization (<= "
-                   f"{max_safe_utilization}) or lower --set max-model-len.")
+            fix = (
+                "Raise --set gpu-memory-utilization (<= "
+                f"{max_safe_utilization}) or lower --set max-model-len."
+            )
     elif available_gb is not None and claimed > available_gb:
         status = WARN
         head += f"; only {available_gb:.1f} GB is free now"
-        fix = ("Stop other memory users, or lower --set gpu-memory-utilization: unified memory "
-               "runs out otherwise.")
+        fix = (
+            "Stop other memory users, or lower --set gpu-memory-utilization: unified memory "
+            "runs out otherwise."
+        )
     elif utilization > max_safe_utilization:
         status = WARN
-        fix = (f"Above {max_safe_utilization} leaves the OS too little of the unified memory; "
-               "expect out-of-memory on first start.")
-    return MemFit(status=status, total_gb=total_gb, available_gb=available_gb,
-                  utilization=utilization, claimed_gb=claimed, weights_gb=weights,
-                  overhead_gb=overhead_gb, kv_budget_gb=budget, one_sequence_gb=one_seq,
-                  max_model_len=max_model_len, sequences_fit=fit, detail=head, fix=fix)
+        fix = (
+            f"Above {max_safe_utilization} leaves the OS too little of the unified memory; "
+            "expect out-of-memory on first start."
+        )
+    return MemFit(
+        status=status,
+        total_gb=total_gb,
+        available_gb=available_gb,
+        utilization=utilization,
+        claimed_gb=claimed,
+        weights_gb=weights,
+        overhead_gb=overhead_gb,
+        kv_budget_gb=budget,
+        one_sequence_gb=one_seq,
+        max_model_len=max_model_len,
+        sequences_fit=fit,
+        detail=head,
+        fix=fix,
+    )

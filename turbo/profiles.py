@@ -116,14 +116,23 @@ def load_book(path: Path | None = None) -> ProfileBook:
             raise _bad_file(p, f"profile {name} has kind {kind!r}, not one of {', '.join(KINDS)}")
         for key, value in prof.get("args", {}).items():
             _check_value(p, f"profiles.{name}.args", key, value)
-    d_args = {k: _check_value(p, "defaults.args", k, v)
-              for k, v in defaults.get("args", {}).items()}
+    d_args = {
+        k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
+    }
     d_env = {k: str(v) for k, v in defaults.get("env", {}).items()}
-    sections = {k: v for k, v in raw.items()
-                if k not in ("defaults", "profiles", "env_names") and isinstance(v, dict)}
-    return ProfileBook(defaults_args=d_args, defaults_env=d_env, profiles=dict(profiles),
-                       env_names={k: str(v) for k, v in raw.get("env_names", {}).items()},
-                       sections=sections, source=str(p))
+    sections = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("defaults", "profiles", "env_names") and isinstance(v, dict)
+    }
+    return ProfileBook(
+        defaults_args=d_args,
+        defaults_env=d_env,
+        profiles=dict(profiles),
+        env_names={k: str(v) for k, v in raw.get("env_names", {}).items()},
+        sections=sections,
+        source=str(p),
+    )
 
 
 def parse_value(text: str) -> ArgValue:
@@ -143,21 +152,29 @@ def _parse_set(item: str) -> tuple[str, str]:
     key, eq, value = item.partition("=")
     key = key.strip().removeprefix("--")
     if not eq or not key:
-        raise UsageError(f"--set {item!r}", "is not key=value",
-                         "Write it as --set gpu-memory-utilization=0.8 (empty value removes "
-                         "the flag).")
+        raise UsageError(
+            f"--set {item!r}",
+            "is not key=value",
+            "Write it as --set gpu-memory-utilization=0.8 (empty value removes the flag).",
+        )
     return key, value
 
 
-def resolve(name: str, pins: Pins, overrides: Overrides | None = None,
-            environ: Mapping[str, str] | None = None, book: ProfileBook | None = None) -> Profile:
+def resolve(
+    name: str,
+    pins: Pins,
+    overrides: Overrides | None = None,
+    environ: Mapping[str, str] | None = None,
+    book: ProfileBook | None = None,
+) -> Profile:
     """The profile ``name`` with pins, defaults, environment names and overrides merged."""
     b = book or load_book()
     ov = overrides or Overrides()
     env_src = os.environ if environ is None else environ
     if name not in b.profiles:
-        raise UsageError(f"profile {name!r}", "is not defined",
-                         f"Choose one of: {', '.join(b.names())}.")
+        raise UsageError(
+            f"profile {name!r}", "is not defined", f"Choose one of: {', '.join(b.names())}."
+        )
     raw = b.profiles[name]
     kind = str(raw["kind"])
     args: dict[str, ArgValue] = {
@@ -189,8 +206,11 @@ def resolve(name: str, pins: Pins, overrides: Overrides | None = None,
     for item in ov.sets:
         key, value = _parse_set(item)
         if key not in valid:
-            raise UsageError(f"--set {key}", f"is not a setting of profile {name}",
-                             f"Valid keys: {', '.join(valid)}; pass other vLLM flags after --.")
+            raise UsageError(
+                f"--set {key}",
+                f"is not a setting of profile {name}",
+                f"Valid keys: {', '.join(valid)}; pass other vLLM flags after --.",
+            )
         if key == "model":
             model = value
         elif key in CLUSTER_SETTINGS:
@@ -213,9 +233,17 @@ def resolve(name: str, pins: Pins, overrides: Overrides | None = None,
     if ov.node_ip:
         settings["node-ip"] = ov.node_ip
     _check_port(args.get("port"))
-    return Profile(name=name, kind=kind, description=str(raw.get("description", "")),
-                   cluster=bool(raw.get("cluster", False)), model=model, args=args, env=env,
-                   extra=list(ov.extra), settings=settings)
+    return Profile(
+        name=name,
+        kind=kind,
+        description=str(raw.get("description", "")),
+        cluster=bool(raw.get("cluster", False)),
+        model=model,
+        args=args,
+        env=env,
+        extra=list(ov.extra),
+        settings=settings,
+    )
 
 
 def _check_port(value: ArgValue | None) -> None:
@@ -224,8 +252,11 @@ def _check_port(value: ArgValue | None) -> None:
     except (TypeError, ValueError):
         port = -1
     if not 0 < port < 65536:
-        raise UsageError(f"port {value!r}", "is not a TCP port number",
-                         "Pass --port with a number between 1 and 65535.")
+        raise UsageError(
+            f"port {value!r}",
+            "is not a TCP port number",
+            "Pass --port with a number between 1 and 65535.",
+        )
 
 
 def describe(book: ProfileBook | None = None) -> list[tuple[str, str, str]]:

@@ -72,14 +72,16 @@ def _flag_words(key: str, value: ArgValue) -> list[str]:
     return [f"--{key}", str(value)]
 
 
-
 def _fill(text: str, values: Mapping[str, str | None], what: str) -> str:
     for name, value in values.items():
         token = "{" + name + "}"
         if token in text:
             if value is None:
-                raise UsageError(what, f"needs {name.replace('_', ' ')}",
-                                 _MISSING_FIX.get(name, "Pass it on the command line."))
+                raise UsageError(
+                    what,
+                    f"needs {name.replace('_', ' ')}",
+                    _MISSING_FIX.get(name, "Pass it on the command line."),
+                )
             text = text.replace(token, value)
     return text
 
@@ -91,8 +93,14 @@ _MISSING_FIX = {
 }
 
 
-def build_plan(prof: Profile, *, ptxas: str | None, roce: cluster.RoceChoice | None,
-               cluster_env: Mapping[str, str], ray_port: int) -> Plan:
+def build_plan(
+    prof: Profile,
+    *,
+    ptxas: str | None,
+    roce: cluster.RoceChoice | None,
+    cluster_env: Mapping[str, str],
+    ray_port: int,
+) -> Plan:
     """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones."""
     node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
     head = prof.settings.get("head")
@@ -110,12 +118,24 @@ def build_plan(prof: Profile, *, ptxas: str | None, roce: cluster.RoceChoice | N
 
     if prof.kind in ("ray-head", "ray-worker"):
         if not node_ip:
-            raise UsageError(f"profile {prof.name}", "needs this node's RoCE address",
-                             _MISSING_FIX["node_ip"])
+            raise UsageError(
+                f"profile {prof.name}", "needs this node's RoCE address", _MISSING_FIX["node_ip"]
+            )
         argv = cluster.ray_argv(prof.kind, node_ip=node_ip, ray_port=ray_port, head=head)
-        return Plan(prof.name, prof.kind, prof.description, argv, env, prof.host, prof.port,
-                    prof.served_name, prof.model, api=False,
-                    roce=asdict(roce) if roce else None, notes=notes)
+        return Plan(
+            prof.name,
+            prof.kind,
+            prof.description,
+            argv,
+            env,
+            prof.host,
+            prof.port,
+            prof.served_name,
+            prof.model,
+            api=False,
+            roce=asdict(roce) if roce else None,
+            notes=notes,
+        )
 
     argv = ["vllm", "serve", prof.model]
     for key, value in prof.args.items():
@@ -124,9 +144,20 @@ def build_plan(prof: Profile, *, ptxas: str | None, roce: cluster.RoceChoice | N
         argv += _flag_words(key, value)
     argv += prof.extra
     headless = prof.args.get("headless") is True
-    return Plan(prof.name, prof.kind, prof.description, argv, env, prof.host, prof.port,
-                prof.served_name, prof.model, api=not headless,
-                roce=asdict(roce) if roce else None, notes=notes)
+    return Plan(
+        prof.name,
+        prof.kind,
+        prof.description,
+        argv,
+        env,
+        prof.host,
+        prof.port,
+        prof.served_name,
+        prof.model,
+        api=not headless,
+        roce=asdict(roce) if roce else None,
+        notes=notes,
+    )
 
 
 # ------------------------------------------------------------------------------ checks
@@ -168,8 +199,9 @@ def weights_bytes(model_dir: Path, fallback_gb: float) -> tuple[int, str]:
     return int(fallback_gb * 1e9), "pins [model] size_gb (no manifest yet)"
 
 
-def memory_fit(plan: Plan, prof: Profile, book: ProfileBook, probe: Probe,
-               size_gb: float) -> memfit.MemFit:
+def memory_fit(
+    plan: Plan, prof: Profile, book: ProfileBook, probe: Probe, size_gb: float
+) -> memfit.MemFit:
     mem = book.section("memory")
     info = probe.host.meminfo_gb()
     total = info.get("MemTotal") or float(mem.get("unified_gb", 128))
@@ -181,80 +213,145 @@ def memory_fit(plan: Plan, prof: Profile, book: ProfileBook, probe: Probe,
         utilization=float(prof.args.get("gpu-memory-utilization", 0.9)),
         max_model_len=int(prof.args.get("max-model-len", 262144)),
         kv_dtype=str(prof.args.get("kv-cache-dtype", "auto")),
-        shape=shape, total_gb=total, available_gb=info.get("MemAvailable"),
+        shape=shape,
+        total_gb=total,
+        available_gb=info.get("MemAvailable"),
         overhead_gb=float(mem.get("overhead_gb", 8.0)),
-        max_safe_utilization=float(mem.get("max_safe_utilization", 0.85)))
+        max_safe_utilization=float(mem.get("max_safe_utilization", 0.85)),
+    )
 
 
 def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
     return bool(environ.get("VLLM_API_KEY")) or any(
-        w == "--api-key" or w.startswith("--api-key=") for w in plan.argv)
+        w == "--api-key" or w.startswith("--api-key=") for w in plan.argv
+    )
 
 
-def preflight(plan: Plan, prof: Profile, book: ProfileBook, probe: Probe,
-              environ: Mapping[str, str], size_gb: float,
-              roce_error: str | None = None) -> list[Check]:
+def preflight(
+    plan: Plan,
+    prof: Profile,
+    book: ProfileBook,
+    probe: Probe,
+    environ: Mapping[str, str],
+    size_gb: float,
+    roce_error: str | None = None,
+) -> list[Check]:
     checks: list[Check] = []
     if plan.kind == "serve":
         stamp = read_json(paths.stamp_path())
         if stamp is not None and stamp.get("result") == "ok":
-            checks.append(Check("vllm build", PASS,
-                                f"{str(stamp.get('commit', '?'))[:12]} for "
-                                f"{stamp.get('arch_list', '?')}"))
+            checks.append(
+                Check(
+                    "vllm build",
+                    PASS,
+                    f"{str(stamp.get('commit', '?'))[:12]} for {stamp.get('arch_list', '?')}",
+                )
+            )
         else:
-            why = (f"no build stamp at {paths.stamp_path()}" if stamp is None
-                   else f"last build result: {stamp.get('result')}")
+            why = (
+                f"no build stamp at {paths.stamp_path()}"
+                if stamp is None
+                else f"last build result: {stamp.get('result')}"
+            )
             checks.append(Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first."))
         problems = model_problems(Path(plan.model))
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            checks.append(Check("model", FAIL, f"{problems[0]}{more}",
-                                "Run `pixi run fetch-model` (it resumes), or pass --model."))
+            checks.append(
+                Check(
+                    "model",
+                    FAIL,
+                    f"{problems[0]}{more}",
+                    "Run `pixi run fetch-model` (it resumes), or pass --model.",
+                )
+            )
         else:
             checks.append(Check("model", PASS, f"complete per its manifest: {plan.model}"))
         if plan.api:
             if probe.host.port_free(plan.host, plan.port):
                 checks.append(Check("port", PASS, f"{plan.host}:{plan.port} is free"))
             else:
-                checks.append(Check("port", FAIL, f"{plan.host}:{plan.port} is in use",
-                                    "Stop the other server (`invoke stop`) or pass --port."))
+                checks.append(
+                    Check(
+                        "port",
+                        FAIL,
+                        f"{plan.host}:{plan.port} is in use",
+                        "Stop the other server (`invoke stop`) or pass --port.",
+                    )
+                )
         gpu = probe.gpu_name()
-        checks.append(Check("gpu", PASS, gpu) if gpu else
-                      Check("gpu", FAIL, "no NVIDIA GPU visible (nvidia-smi)",
-                            "Serve on the DGX Spark; check the driver with `nvidia-smi`."))
+        checks.append(
+            Check("gpu", PASS, gpu)
+            if gpu
+            else Check(
+                "gpu",
+                FAIL,
+                "no NVIDIA GPU visible (nvidia-smi)",
+                "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
+            )
+        )
         fit = memory_fit(plan, prof, book, probe, size_gb)
         checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
             else:
-                checks.append(Check("exposure", WARN,
-                                    f"bound to {plan.host} without an API key: anyone on the "
-                                    "network can use it",
-                                    "Export VLLM_API_KEY before serving."))
+                checks.append(
+                    Check(
+                        "exposure",
+                        WARN,
+                        f"bound to {plan.host} without an API key: anyone on the "
+                        "network can use it",
+                        "Export VLLM_API_KEY before serving.",
+                    )
+                )
     else:
         ray = probe.host.which("ray")
-        checks.append(Check("ray", PASS, ray) if ray else
-                          Check("ray", FAIL, "ray not on PATH",
-                                "Use the pixi cluster environment (`pixi run -e cluster ...`)."))
+        checks.append(
+            Check("ray", PASS, ray)
+            if ray
+            else Check(
+                "ray",
+                FAIL,
+                "ray not on PATH",
+                "Use the pixi cluster environment (`pixi run -e cluster ...`).",
+            )
+        )
     if prof.cluster:
         if roce_error:
-            checks.append(Check("roce", FAIL, roce_error,
-                                "Pass --ifname and --hca (and --node-ip) to override."))
+            checks.append(
+                Check(
+                    "roce", FAIL, roce_error, "Pass --ifname and --hca (and --node-ip) to override."
+                )
+            )
         elif plan.roce:
-            checks.append(Check("roce", PASS, f"{plan.roce['ifname']} "
-                                f"({','.join(plan.roce['hca'])}) {plan.roce['node_ip']}, "
-                                f"found via {plan.roce['source']}"))
+            checks.append(
+                Check(
+                    "roce",
+                    PASS,
+                    f"{plan.roce['ifname']} "
+                    f"({','.join(plan.roce['hca'])}) {plan.roce['node_ip']}, "
+                    f"found via {plan.roce['source']}",
+                )
+            )
         if "VLLM_NCCL_SO_PATH" not in plan.env:
-            checks.append(Check("system nccl", WARN, "no system libnccl found",
-                                "The pip NCCL is reported to hang on two Sparks under load; "
-                                "install libnccl2 or set VLLM_NCCL_SO_PATH."))
+            checks.append(
+                Check(
+                    "system nccl",
+                    WARN,
+                    "no system libnccl found",
+                    "The pip NCCL is reported to hang on two Sparks under load; "
+                    "install libnccl2 or set VLLM_NCCL_SO_PATH.",
+                )
+            )
     return checks
 
 
 def render_checks(checks: list[Check]) -> str:
-    return render_table(["check", "status", "detail", "what to do"],
-                        [(c.name, c.status.upper(), c.detail, c.fix) for c in checks])
+    return render_table(
+        ["check", "status", "detail", "what to do"],
+        [(c.name, c.status.upper(), c.detail, c.fix) for c in checks],
+    )
 
 
 def first_failure(checks: list[Check]) -> TurboError | None:
@@ -290,10 +387,22 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def record(plan: Plan, pid: int, log: Path) -> Path:
     p = pid_file(plan)
-    _write_json(p, {"pid": pid, "start_time": _start_time(pid), "profile": plan.profile,
-                    "kind": plan.kind, "host": plan.host, "port": plan.port, "api": plan.api,
-                    "served_name": plan.served_name, "log": str(log),
-                    "argv": redact_argv(plan.argv), "started": time.time()})
+    _write_json(
+        p,
+        {
+            "pid": pid,
+            "start_time": _start_time(pid),
+            "profile": plan.profile,
+            "kind": plan.kind,
+            "host": plan.host,
+            "port": plan.port,
+            "api": plan.api,
+            "served_name": plan.served_name,
+            "log": str(log),
+            "argv": redact_argv(plan.argv),
+            "started": time.time(),
+        },
+    )
     return p
 
 
@@ -326,9 +435,15 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return " | ".join(t.strip() for t in tail if t.strip())[-600:]
 
 
-def wait_healthy(ep: endpoint.Endpoint, proc: subprocess.Popen[Any] | None, timeout: float,
-                 interval: float, out: Out, log_path: Path,
-                 stopping: threading.Event | None = None) -> float:
+def wait_healthy(
+    ep: endpoint.Endpoint,
+    proc: subprocess.Popen[Any] | None,
+    timeout: float,
+    interval: float,
+    out: Out,
+    log_path: Path,
+    stopping: threading.Event | None = None,
+) -> float:
     """Poll /health until 200; fail early when the process exits. Returns seconds waited."""
     start = time.monotonic()
     next_note = start + 30
@@ -338,18 +453,24 @@ def wait_healthy(ep: endpoint.Endpoint, proc: subprocess.Popen[Any] | None, time
         if proc is not None and proc.poll() is not None:
             if stopping is not None and stopping.is_set():
                 raise KeyboardInterrupt
-            raise TurboError("vllm serve", f"exited with code {proc.returncode} before "
-                             f"becoming healthy; log tail: {_log_tail(log_path)}",
-                             f"Read the full log: {log_path}")
+            raise TurboError(
+                "vllm serve",
+                f"exited with code {proc.returncode} before "
+                f"becoming healthy; log tail: {_log_tail(log_path)}",
+                f"Read the full log: {log_path}",
+            )
         now = time.monotonic()
         if now - start > timeout:
-            raise TurboError("vllm serve", f"not healthy after {timeout:.0f} s at "
-                             f"{ep.url('/health')}",
-                             f"Raise --health-timeout (a first start takes 10-15 minutes); "
-                             f"log: {log_path}")
+            raise TurboError(
+                "vllm serve",
+                f"not healthy after {timeout:.0f} s at {ep.url('/health')}",
+                f"Raise --health-timeout (a first start takes 10-15 minutes); log: {log_path}",
+            )
         if now >= next_note:
-            out(f"  waiting for {ep.url('/health')} ... {now - start:.0f} s "
-                f"(first start: 10-15 min)")
+            out(
+                f"  waiting for {ep.url('/health')} ... {now - start:.0f} s "
+                f"(first start: 10-15 min)"
+            )
             next_note = now + 30
         time.sleep(interval)
 
@@ -357,9 +478,17 @@ def wait_healthy(ep: endpoint.Endpoint, proc: subprocess.Popen[Any] | None, time
 def warm_up(ep: endpoint.Endpoint, served_name: str, timeout: float) -> float:
     """One short request: the first one pays torch/Triton JIT compilation (~25 s)."""
     t0 = time.monotonic()
-    endpoint.post_json(ep, "/v1/chat/completions", {
-        "model": served_name, "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "user", "content": "Say OK."}]}, timeout=timeout)
+    endpoint.post_json(
+        ep,
+        "/v1/chat/completions",
+        {
+            "model": served_name,
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Say OK."}],
+        },
+        timeout=timeout,
+    )
     return time.monotonic() - t0
 
 
@@ -388,16 +517,26 @@ class Supervision:
 def _resolve_exe(argv: list[str]) -> list[str]:
     exe = shutil.which(argv[0])
     if exe is None:
-        raise TurboError(f"{argv[0]}", "not found on PATH",
-                         "Run inside the pixi environment (`pixi run serve ...`).")
+        raise TurboError(
+            f"{argv[0]}",
+            "not found on PATH",
+            "Run inside the pixi environment (`pixi run serve ...`).",
+        )
     return [exe, *argv[1:]]
 
 
-def _after_start(plan: Plan, proc: subprocess.Popen[Any], sup: Supervision, out: Out,
-                 log_path: Path, stopping: threading.Event | None) -> None:
+def _after_start(
+    plan: Plan,
+    proc: subprocess.Popen[Any],
+    sup: Supervision,
+    out: Out,
+    log_path: Path,
+    stopping: threading.Event | None,
+) -> None:
     ep = endpoint.endpoint_for(plan.host, plan.port)
-    waited = wait_healthy(ep, proc, sup.health_timeout, sup.health_interval, out, log_path,
-                          stopping)
+    waited = wait_healthy(
+        ep, proc, sup.health_timeout, sup.health_interval, out, log_path, stopping
+    )
     out(f"healthy after {waited:.0f} s")
     if sup.warmup:
         out(f"warm-up: {warm_up(ep, plan.served_name, sup.warmup_timeout):.1f} s")
@@ -408,15 +547,26 @@ def run_ray(plan: Plan, out: Out) -> int:
     argv = _resolve_exe(plan.argv)
     with TaskLog(f"serve-{plan.profile}") as log:
         log.write("argv: " + shlex.join(redact_argv(plan.argv)))
-        proc = subprocess.run(argv, env={**os.environ, **plan.env}, capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            argv, env={**os.environ, **plan.env}, capture_output=True, text=True, check=False
+        )
         for line in (proc.stdout + proc.stderr).splitlines():
             log.write(line)
         if proc.returncode != 0:
-            raise TurboError("ray start", f"exit {proc.returncode}: {_log_tail(log.path, 5)}",
-                             f"Read {log.path}; `ray stop` clears a half-started node.")
-        _write_json(pid_file(plan), {"kind": plan.kind, "profile": plan.profile,
-                                     "log": str(log.path), "argv": redact_argv(plan.argv)})
+            raise TurboError(
+                "ray start",
+                f"exit {proc.returncode}: {_log_tail(log.path, 5)}",
+                f"Read {log.path}; `ray stop` clears a half-started node.",
+            )
+        _write_json(
+            pid_file(plan),
+            {
+                "kind": plan.kind,
+                "profile": plan.profile,
+                "log": str(log.path),
+                "argv": redact_argv(plan.argv),
+            },
+        )
         out(f"{plan.profile}: ray started ({' '.join(redact_argv(plan.argv))}); log {log.path}")
     return 0
 
@@ -428,9 +578,14 @@ def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
     log.write("env: " + json.dumps(redact_env(plan.env)))
     log.close()
     with log.path.open("a") as fh:
-        proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stdout=fh,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **plan.env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     pidf = record(plan, proc.pid, log.path)
     out(f"started pid {proc.pid}; log {log.path}")
     try:
@@ -451,9 +606,16 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
     with TaskLog(f"serve-{plan.profile}") as log:
         log.write("argv: " + shlex.join(redact_argv(plan.argv)))
         log.write("env: " + json.dumps(redact_env(plan.env)))
-        proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **plan.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            bufsize=1,
+        )
         pidf = record(plan, proc.pid, log.path)
         stopping = threading.Event()
         signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
@@ -495,8 +657,9 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
 
 
 # ------------------------------------------------------------------------------ stop
-def stop(port: int | None = None, everything: bool = False, timeout: float = 60.0,
-         out: Out = print) -> int:
+def stop(
+    port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
+) -> int:
     """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
     recs = running()
     if port is not None:
@@ -506,13 +669,15 @@ def stop(port: int | None = None, everything: bool = False, timeout: float = 60.
         return 0
     if len(recs) > 1 and not everything and port is None:
         listing = ", ".join(f"{r.get('profile')} (port {r.get('port')})" for r in recs)
-        raise UsageError("stop", f"several are running: {listing}",
-                         "Pass --port N or --all.")
+        raise UsageError("stop", f"several are running: {listing}", "Pass --port N or --all.")
     for rec in recs:
         f = Path(rec["file"])
         if rec.get("kind") != "serve":
-            rc = subprocess.run(["ray", "stop"], check=False, capture_output=True).returncode \
-                if shutil.which("ray") else 127
+            rc = (
+                subprocess.run(["ray", "stop"], check=False, capture_output=True).returncode
+                if shutil.which("ray")
+                else 127
+            )
             out(f"{rec.get('profile')}: ray stop (exit {rc})")
             f.unlink(missing_ok=True)
             continue
@@ -569,10 +734,16 @@ def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
     return NetOptions(ifname, hca, gid)
 
 
-def prepare(name: str, pins: Pins, overrides: Overrides | None = None, *,
-            book: ProfileBook | None = None, probe: Probe | None = None,
-            environ: Mapping[str, str] | None = None,
-            net: NetOptions = NetOptions()) -> Prepared:
+def prepare(
+    name: str,
+    pins: Pins,
+    overrides: Overrides | None = None,
+    *,
+    book: ProfileBook | None = None,
+    probe: Probe | None = None,
+    environ: Mapping[str, str] | None = None,
+    net: NetOptions = NetOptions(),
+) -> Prepared:
     """Resolve the profile, detect the cluster network, build the plan and check it."""
     env = os.environ if environ is None else environ
     b = book or load_book()
@@ -586,20 +757,34 @@ def prepare(name: str, pins: Pins, overrides: Overrides | None = None, *,
     if prof.cluster:
         n = _net_from_env(net, env)
         try:
-            roce = cluster.detect(cluster.scan(pr.sysfs), pr.ipv4, head=prof.settings.get("head"),
-                                  ifname=n.ifname, hca=n.hca, gid_index=n.gid_index,
-                                  node_ip=prof.settings.get("node-ip"))
+            roce = cluster.detect(
+                cluster.scan(pr.sysfs),
+                pr.ipv4,
+                head=prof.settings.get("head"),
+                ifname=n.ifname,
+                hca=n.hca,
+                gid_index=n.gid_index,
+                node_ip=prof.settings.get("node-ip"),
+            )
         except TurboError as err:
             roce_error = err.why
-            roce = cluster.RoceChoice(n.ifname or "<RoCE netdev>", n.hca or ("<RDMA devices>",),
-                                      n.gid_index, prof.settings.get("node-ip") or "<node IP>",
-                                      "not detected")
+            roce = cluster.RoceChoice(
+                n.ifname or "<RoCE netdev>",
+                n.hca or ("<RDMA devices>",),
+                n.gid_index,
+                prof.settings.get("node-ip") or "<node IP>",
+                "not detected",
+            )
         nccl = cluster.find_system_nccl([str(c) for c in csec.get("system_nccl", [])], env)
-        cenv = cluster.cluster_env(roce, nccl_so=nccl,
-                                   nccl_debug=str(csec.get("nccl_debug", "INFO")),
-                                   nccl_debug_subsys=str(csec.get("nccl_debug_subsys", "")))
-    plan = build_plan(prof, ptxas=ptxas, roce=roce, cluster_env=cenv,
-                      ray_port=int(csec.get("ray_port", 6379)))
+        cenv = cluster.cluster_env(
+            roce,
+            nccl_so=nccl,
+            nccl_debug=str(csec.get("nccl_debug", "INFO")),
+            nccl_debug_subsys=str(csec.get("nccl_debug_subsys", "")),
+        )
+    plan = build_plan(
+        prof, ptxas=ptxas, roce=roce, cluster_env=cenv, ray_port=int(csec.get("ray_port", 6379))
+    )
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error)
     return Prepared(plan, prof, checks)
 
@@ -622,8 +807,10 @@ def supervision(book: ProfileBook, health_timeout: float | None, warmup: bool) -
     return Supervision(
         health_timeout=float(health_timeout or sec.get("health_timeout_s", 1800)),
         health_interval=float(sec.get("health_interval_s", 2.0)),
-        warmup=warmup, warmup_timeout=float(sec.get("warmup_timeout_s", 600)),
-        stop_timeout=float(sec.get("stop_timeout_s", 60)))
+        warmup=warmup,
+        warmup_timeout=float(sec.get("warmup_timeout_s", 600)),
+        stop_timeout=float(sec.get("stop_timeout_s", 60)),
+    )
 
 
 def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) -> int:
@@ -642,9 +829,19 @@ def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) 
     return run_foreground(plan, sup, out)
 
 
-def command(profile: str, pins: Pins, overrides: Overrides, *, net: NetOptions, detach: bool,
-            dry_run: bool, as_json: bool, health_timeout: float | None, warmup: bool,
-            out: Out = print) -> int:
+def command(
+    profile: str,
+    pins: Pins,
+    overrides: Overrides,
+    *,
+    net: NetOptions,
+    detach: bool,
+    dry_run: bool,
+    as_json: bool,
+    health_timeout: float | None,
+    warmup: bool,
+    out: Out = print,
+) -> int:
     """What `invoke serve` does after parsing its options."""
     book = load_book()
     prep = prepare(profile, pins, overrides, book=book, net=net)

@@ -69,12 +69,19 @@ def check_models(ep: endpoint.Endpoint, served_name: str) -> Step:
     return _timed("models", go)
 
 
-def check_chat(ep: endpoint.Endpoint, served_name: str, max_tokens: int,
-               timeout: float) -> Step:
+def check_chat(ep: endpoint.Endpoint, served_name: str, max_tokens: int, timeout: float) -> Step:
     def go() -> tuple[str, str]:
-        data = endpoint.post_json(ep, "/v1/chat/completions", {
-            "model": served_name, "temperature": 0, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": QUESTION}]}, timeout=timeout)
+        data = endpoint.post_json(
+            ep,
+            "/v1/chat/completions",
+            {
+                "model": served_name,
+                "temperature": 0,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": QUESTION}],
+            },
+            timeout=timeout,
+        )
         choices = data.get("choices") or [{}]
         msg = choices[0].get("message") or {}
         content = str(msg.get("content") or "")
@@ -84,8 +91,9 @@ def check_chat(ep: endpoint.Endpoint, served_name: str, max_tokens: int,
         if EXPECTED in re.findall(r"\d+", answer):
             return PASS, f"{QUESTION!r} -> {answer[:40]!r} ({tokens} tokens)"
         if choices[0].get("finish_reason") == "length" and (EXPECTED in reasoning or not answer):
-            return WARN, (f"answer cut off after {tokens} tokens (still thinking); "
-                          "raise --max-tokens")
+            return WARN, (
+                f"answer cut off after {tokens} tokens (still thinking); raise --max-tokens"
+            )
         return FAIL, f"{QUESTION!r} -> {answer[:60]!r}, expected {EXPECTED}"
 
     return _timed("chat", go)
@@ -113,20 +121,32 @@ def acceptance(m: dict[str, float], before: dict[str, float] | None = None) -> f
     """Accepted / proposed draft tokens (over the span since ``before`` when given)."""
     b = before or {}
     drafted = m.get("vllm:spec_decode_num_draft_tokens_total", 0) - b.get(
-        "vllm:spec_decode_num_draft_tokens_total", 0)
+        "vllm:spec_decode_num_draft_tokens_total", 0
+    )
     accepted = m.get("vllm:spec_decode_num_accepted_tokens_total", 0) - b.get(
-        "vllm:spec_decode_num_accepted_tokens_total", 0)
+        "vllm:spec_decode_num_accepted_tokens_total", 0
+    )
     return accepted / drafted if drafted > 0 else None
 
 
-def run(ep: endpoint.Endpoint, served_name: str, *, wait_s: float = 0.0,
-        max_tokens: int = 1024, timeout: float = 300.0) -> list[Step]:
+def run(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    *,
+    wait_s: float = 0.0,
+    max_tokens: int = 1024,
+    timeout: float = 300.0,
+) -> list[Step]:
     steps = [check_health(ep, wait_s)]
     if steps[0].status == FAIL:
-        return steps + [Step(n, SKIP, "server not healthy", 0.0)
-                        for n in ("models", "chat", "metrics")]
-    steps += [check_models(ep, served_name), check_chat(ep, served_name, max_tokens, timeout),
-              check_metrics(ep)]
+        return steps + [
+            Step(n, SKIP, "server not healthy", 0.0) for n in ("models", "chat", "metrics")
+        ]
+    steps += [
+        check_models(ep, served_name),
+        check_chat(ep, served_name, max_tokens, timeout),
+        check_metrics(ep),
+    ]
     return steps
 
 
@@ -135,23 +155,28 @@ def exit_code(steps: list[Step]) -> int:
 
 
 def render(steps: list[Step], ep: endpoint.Endpoint) -> str:
-    table = render_table(["check", "status", "seconds", "detail"],
-                         [(s.name, s.status.upper(), f"{s.seconds:.2f}", s.detail)
-                          for s in steps])
+    table = render_table(
+        ["check", "status", "seconds", "detail"],
+        [(s.name, s.status.upper(), f"{s.seconds:.2f}", s.detail) for s in steps],
+    )
     verdict = "OK" if exit_code(steps) == 0 else "FAILED"
     return f"verify {ep.base}\n{table}\n\n{verdict}"
 
 
 def to_json(steps: list[Step], ep: endpoint.Endpoint) -> str:
-    return json.dumps({"endpoint": ep.base, "ok": exit_code(steps) == 0,
-                       "checks": [asdict(s) for s in steps]}, indent=2)
+    return json.dumps(
+        {"endpoint": ep.base, "ok": exit_code(steps) == 0, "checks": [asdict(s) for s in steps]},
+        indent=2,
+    )
 
 
-def command(*, url: str, port: int | None, served_name: str, wait_s: float, max_tokens: int,
-            as_json: bool) -> tuple[str, int]:
+def command(
+    *, url: str, port: int | None, served_name: str, wait_s: float, max_tokens: int, as_json: bool
+) -> tuple[str, int]:
     from turbo.pins import load_pins
 
     ep = endpoint.client_endpoint(url, port)
-    steps = run(ep, served_name or load_pins().serve.served_name, wait_s=wait_s,
-                max_tokens=max_tokens)
+    steps = run(
+        ep, served_name or load_pins().serve.served_name, wait_s=wait_s, max_tokens=max_tokens
+    )
     return (to_json(steps, ep) if as_json else render(steps, ep)), exit_code(steps)
