@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from turbo import doctor, paths
+from turbo.manifest import Manifest, ManifestFile, write_manifest
 from turbo.pins import load_pins
 
 PINS = load_pins()
@@ -126,8 +127,9 @@ def test_build_stamp_and_model_manifest_are_read(tmp_path: Path,
                                  "arch_list": "12.1a"}))
     model = tmp_path / "model"
     model.mkdir()
-    (model / doctor.MODEL_MANIFEST).write_text(json.dumps({"repo": PINS.model.repo,
-                                                           "revision": "a" * 40}))
+    (model / "config.json").write_text("{}")
+    write_manifest(model, Manifest(repo=PINS.model.repo, revision="a" * 40, fetched_at="now",
+                                   files=(ManifestFile("config.json", 2, "0" * 64),)))
     monkeypatch.setenv("MODEL", str(model))
     checks = by_name(doctor.run_checks(PINS, FakeHost(free_gb=1.0)))
     assert checks["vllm build"].status == doctor.PASS
@@ -182,3 +184,15 @@ def test_invoke_doctor_on_this_machine_exits_by_failures() -> None:
     data = json.loads(proc.stdout)
     fails = [c for c in data["checks"] if c["status"] == "fail"]
     assert proc.returncode == (1 if fails else 0), proc.stderr
+
+
+def test_incomplete_model_copy_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model-00001.safetensors").write_bytes(b"x" * 10)
+    write_manifest(model, Manifest(repo=PINS.model.repo, revision="b" * 40, fetched_at="now",
+                                   files=(ManifestFile("model-00001.safetensors", 20, "0" * 64),)))
+    monkeypatch.setenv("MODEL", str(model))
+    check = by_name(doctor.run_checks(PINS, FakeHost()))["model"]
+    assert check.status == doctor.FAIL
+    assert "model-00001.safetensors" in check.detail and "fetch-model" in check.fix

@@ -346,7 +346,14 @@ MODEL_MANIFEST = "turbo-manifest.json"
 
 
 def check_model(model_dir: Path) -> Check:
-    manifest = read_json(model_dir / MODEL_MANIFEST)
+    """Manifest present and every file at its recorded size (sizes only: cheap)."""
+    from turbo.errors import TurboError
+    from turbo.manifest import check_local, read_manifest
+
+    try:
+        manifest = read_manifest(model_dir)
+    except TurboError as err:
+        return Check("model", FAIL, err.why, "Re-run `pixi run fetch-model --verify`.")
     if manifest is None:
         return Check(
             "model",
@@ -354,10 +361,19 @@ def check_model(model_dir: Path) -> Check:
             f"no model manifest in {model_dir}",
             "Run `pixi run fetch-model` (~45 GB).",
         )
+    problems = check_local(model_dir, manifest)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check(
+            "model",
+            FAIL,
+            f"incomplete copy in {model_dir}: {problems[0]}{more}",
+            "Run `pixi run fetch-model`; it resumes and re-fetches what is missing.",
+        )
     return Check(
         "model",
         PASS,
-        f"{manifest.get('repo', '?')}@{str(manifest.get('revision', '?'))[:12]} in {model_dir}",
+        f"{manifest.repo}@{manifest.revision[:12]} complete in {model_dir}",
     )
 
 
