@@ -92,6 +92,17 @@ def _verify_head(path: Path, commit: str, runner: Runner) -> None:
                          "Delete the directory and re-run, or pass the right --ref.")
 
 
+def _fetch_step(runner: Runner, argv: list[str], cwd: Path, repo: str, commit: str) -> None:
+    try:
+        runner(argv, cwd)
+    except TurboError as err:
+        if argv[1] != "fetch":
+            raise
+        raise TurboError(f"fetching vLLM {commit[:12]} from {repo}", err.why,
+                         "Check that the commit exists there (--ref) and the network or mirror "
+                         "(--repo) is reachable; or build a local tree with --src.") from err
+
+
 def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git,
                  on_tree_change: Callable[[Path], None] | None = None) -> SourceTree:
     """``dest`` holding ``commit`` and nothing else of the history.
@@ -110,7 +121,7 @@ def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git
         if on_tree_change is not None:
             on_tree_change(dest)
         runner(["git", "remote", "set-url", "origin", repo], dest)
-        runner(fetch_argv(repo, commit)[2], dest)
+        _fetch_step(runner, fetch_argv(repo, commit)[2], dest, repo, commit)
         # -f: files touched by use_existing_torch.py are ours to discard; untracked build
         # output (git-ignored) is kept so the next build is incremental.
         runner(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force",
@@ -123,7 +134,7 @@ def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git
     partial.mkdir(parents=True)
     try:
         for argv in fetch_argv(repo, commit)[:-1]:
-            runner(argv, partial)
+            _fetch_step(runner, argv, partial, repo, commit)
         _verify_head(partial, commit, runner)
         os.replace(partial, dest)
     except BaseException:

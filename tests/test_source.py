@@ -1,0 +1,149 @@
+"""vLLM source at one commit: the real git fetch / verify path against a local upstream made from
+vLLM's real 0.16.0 sdist, and --src trees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.build_helpers import git, make_upstream
+from turbo import patching, source
+from turbo.errors import TurboError
+
+
+@pytest.fixture(scope="module")
+def upstream(vllm_sdist_pristine: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[str, list[str]]:
+    return make_upstream(vllm_sdist_pristine, tmp_path_factory.mktemp("up"))
+
+
+@pytest.fixture(scope="module")
+def clone(upstream: tuple[str, list[str]], tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[source.SourceTree, Path]:
+    """One real fetch for the module; tests that only need a checkout copy it."""
+    url, (_, wanted) = upstream
+    dest = tmp_path_factory.mktemp("clone") / "vllm"
+    return source.fetch_commit(url, wanted, dest), dest
+
+
+def _copy(clone: tuple[source.SourceTree, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(clone[1], tmp_path / "vllm", symlinks=True))
+
+
+def test_fetches_only_the_commit_and_verifies_head(upstream: tuple[str, list[str]],
+                                                  clone: tuple[source.SourceTree, Path]) -> None:
+    _, (older, wanted) = upstream
+    tree, dest = clone
+    assert (tree.kind, tree.commit, tree.ref) == ("git", wanted, wanted)
+    assert git(dest, "rev-parse", "HEAD") == wanted
+    # Only that commit: a shallow clone whose history holds one commit, not its parent.
+    assert (dest / ".git" / "shallow").read_text().split() == [wanted]
+    assert git(dest, "rev-list", "--count", "HEAD") == "1"
+    assert (dest / "CMakeLists.txt").is_file() and (dest / "csrc").is_dir()
+    assert not dest.with_name("vllm.partial").exists()
+    # The older commit was never fetched.
+    assert older not in git(dest, "rev-list", "--all")
+
+
+def test_wrong_commit_is_refused_and_leaves_nothing(upstream: tuple[str, list[str]],
+                                                    tmp_path: Path) -> None:
+    url, _ = upstream
+    dest = tmp_path / "vllm"
+    with pytest.raises(TurboError) as err:
+        source.fetch_commit(url, "0123456789abcdef0123456789abcdef01234567", dest)
+    assert "fetching vLLM 0123456789ab" in err.value.what
+    assert "not our ref" in err.value.why and "--ref" in err.value.fix
+    assert not dest.exists() and not dest.with_name("vllm.partial").exists()
+
+
+def test_branch_names_and_short_hashes_are_refused(upstream: tuple[str, list[str]],
+                                                   tmp_path: Path) -> None:
+    url, (_, wanted) = upstream
+    for ref in ("main", wanted[:12]):
+        with pytest.raises(TurboError, match="full 40-hex commit hash"):
+            source.fetch_commit(url, ref, tmp_path / "vllm")
+
+
+def test_head_mismatch_after_fetch_is_refused(upstream: tuple[str, list[str]],
+                                              tmp_path: Path) -> None:
+    """A checkout whose HEAD is not the asked commit is never accepted (the verify step)."""
+    url, (_, wanted) = upstream
+    lied = "f" * 40
+
+    def runner(argv: list[str], cwd: Path) -> str:
+        if argv[-2:] == ["origin", lied]:  # fetch the real commit instead of the asked one
+            argv = [*argv[:-1], wanted]
+        return source.run_git(argv, cwd)
+
+    with pytest.raises(TurboError, match=f"HEAD is {wanted}, expected {lied}"):
+        source.fetch_commit(url, lied, tmp_path / "vllm", runner=runner)
+    assert not (tmp_path / "vllm").exists()
+
+
+def test_existing_checkout_is_reused_without_network(upstream: tuple[str, list[str]],
+                                                     clone: tuple[source.SourceTree, Path],
+                                                     tmp_path: Path) -> None:
+    _, (_, wanted) = upstream
+    dest = _copy(clone, tmp_path)
+    # An unreachable repository proves nothing is fetched the second time.
+    tree = source.fetch_commit("file:///nonexistent/repo", wanted, dest)
+    assert tree.commit == wanted
+
+
+def test_moving_a_patched_checkout_to_another_commit_reverts_first(
+        upstream: tuple[str, list[str]], clone: tuple[source.SourceTree, Path],
+        tmp_path: Path) -> None:
+    url, (older, _) = upstream
+    dest = _copy(clone, tmp_path)
+    report = patching.apply_series(dest, "0.16.0")
+    assert report.applied
+    reverted: list[Path] = []
+
+    def revert(tree: Path) -> None:
+        reverted.append(tree)
+        patching.revert_series(tree, force=True)
+
+    tree = source.fetch_commit(url, older, dest, on_tree_change=revert)
+    assert reverted == [dest] and tree.commit == older
+    assert git(dest, "status", "--porcelain") == ""
+    assert not (dest / patching.STATE_FILE).exists()
+
+
+def test_src_sdist_tree_uses_its_version(vllm_sdist_tree: Path) -> None:
+    tree = source.use_tree(vllm_sdist_tree)
+    assert (tree.kind, tree.ref, tree.commit) == ("sdist", "0.16.0", None)
+    with pytest.raises(TurboError, match=r"is the vLLM 0\.16\.0 sdist, --ref asks for 0\.17\.0"):
+        source.use_tree(vllm_sdist_tree, "0.17.0")
+
+
+def test_src_git_checkout_must_be_at_ref(upstream: tuple[str, list[str]],
+                                         clone: tuple[source.SourceTree, Path],
+                                         tmp_path: Path) -> None:
+    _, (older, wanted) = upstream
+    dest = _copy(clone, tmp_path)
+    assert source.use_tree(dest, wanted).commit == wanted
+    with pytest.raises(TurboError, match=f"HEAD is {wanted}, --ref asks for {older}"):
+        source.use_tree(dest, older)
+
+
+def test_src_that_is_not_vllm_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TurboError, match="is not a vLLM source tree"):
+        source.use_tree(tmp_path)
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "CMakeLists.txt").write_text("")
+    with pytest.raises(TurboError, match="neither git metadata nor PKG-INFO"):
+        source.use_tree(tmp_path)
+
+
+def test_existing_non_git_directory_is_not_overwritten(upstream: tuple[str, list[str]],
+                                                       tmp_path: Path) -> None:
+    url, (_, wanted) = upstream
+    dest = tmp_path / "vllm"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep")
+    with pytest.raises(TurboError, match="not a git checkout"):
+        source.fetch_commit(url, wanted, dest)
+    assert (dest / "mine.txt").read_text() == "keep"
+    shutil.rmtree(dest)
