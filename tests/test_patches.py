@@ -251,8 +251,9 @@ def test_refresh_rewrites_a_stale_patch(vllm_sdist_pristine: Path, tmp_path: Pat
     d = tmp_path / "patches"
     shutil.copytree(patching.series_dir(), d)
     name = "0003-nvfp4-e2m1-turbo-header.patch"
-    good = (d / name).read_bytes()
+    good = patch_refresh.render(name, vllm_sdist_pristine, SDIST_REF, d)
     (d / name).write_bytes(good.replace(b"+// turbo_e2m1", b"+// TURBO_E2M1", 1))
     assert patch_refresh.refresh(vllm_sdist_pristine, SDIST_REF, check=True, directory=d) == [name]
     assert patch_refresh.refresh(vllm_sdist_pristine, SDIST_REF, directory=d) == [name]
     assert (d / name).read_bytes() == good
+    assert patch_refresh.refresh(vllm_sdist_pristine, SDIST_REF, directory=d) == []
