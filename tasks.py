@@ -143,6 +143,92 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     _guard(go)
 
 
+@task(help={
+    "dest": "Directory for the wheel and its .turbo.json stamp (default: .turbo/dist).",
+    "python": "Interpreter of the environment vLLM was built in (default: this one).",
+    "dry_run": "Print the command and environment and exit 0.",
+    "json": "Print the wheel's stamp as JSON.",
+})
+def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
+          json: bool = False) -> None:
+    """Make a vLLM wheel from the built tree (no recompilation) with its stamp beside it.
+
+    Copy both files to another node and run `invoke install-wheel` there.
+    """
+    import json as _json
+    from pathlib import Path
+
+    from turbo import paths
+    from turbo import wheel as whl
+
+    def go() -> None:
+        out = Path(dest) if dest else paths.state_dir() / "dist"
+        res = whl.make_wheel(out, python=python or sys.executable, dry_run=dry_run,
+                             echo=(lambda s: print(s, file=sys.stderr)) if json else print)
+        if isinstance(res, list):
+            print(" ".join(res))
+        elif json:
+            print(_json.dumps(res.stamp, indent=2, default=str))
+
+    _guard(go)
+
+
+@task(name="install-wheel", help={
+    "wheel": "Path or URL of the vLLM wheel; its stamp (<wheel>.turbo.json) must sit beside it.",
+    "python": "Interpreter of the environment to install into (default: this one).",
+    "target": "cuda (default: the wheel must carry a GB10 cubin) or empty (CPU/test wheels).",
+    "no_deps": "Install the wheel alone, not vLLM's runtime requirements.",
+    "dry_run": "Check the wheel, print the install command and exit 0.",
+    "json": "Print the recorded stamp as JSON.",
+})
+def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda",
+                  no_deps: bool = False, dry_run: bool = False, json: bool = False) -> None:
+    """Install a vLLM wheel made by `invoke wheel`, after checking its stamp against this
+    environment (torch, CUDA, machine, GB10 cubin, sha256); records it as this node's build."""
+    import json as _json
+
+    from turbo import wheel as whl
+    from turbo.pins import load_pins
+
+    def go() -> None:
+        rec = whl.install_wheel(wheel, load_pins(), python=python or sys.executable,
+                                target=target, no_deps=no_deps, dry_run=dry_run,
+                                echo=(lambda s: print(s, file=sys.stderr)) if json else print)
+        if json:
+            print(_json.dumps(rec, indent=2, default=str))
+
+    _guard(go)
+
+
+@task(name="build-stamp", help={
+    "compare": "Another node's stamp file: exit 1 with every differing field if the builds "
+               "differ.",
+    "json": "Print the build identity (and its digest) as JSON.",
+})
+def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
+    """Show this node's build identity and digest; --compare checks another node's stamp."""
+    from pathlib import Path
+
+    from turbo import paths, stamp
+    from turbo import wheel as whl
+
+    def go() -> None:
+        mine = dict(stamp.require_ok(stamp.read_stamp()))
+        if compare:
+            other = stamp.read_stamp(Path(compare))
+            if other is None:
+                whl.compare_files(paths.stamp_path(), Path(compare))
+            stamp.require_same_build(mine, other or {}, remote_name=compare)
+            print(f"same build: {stamp.identity_digest(mine)[:16]}")
+            return
+        print(whl.identity_json(mine) if json else
+              f"build {stamp.identity_digest(mine)[:16]}: vLLM {mine.get('commit')} "
+              f"patches {str(mine.get('patch_digest'))[:12]} arch {mine.get('arch_list')} "
+              f"torch {mine.get('torch')} CUDA {mine.get('cuda')} {mine.get('machine')}")
+
+    _guard(go)
+
+
 # --------------------------------------------------------------------------- model
 _FETCH_HELP = {
     "dest": "Model directory (default: MODEL, else [model].path in turbo/data/pins.toml; other "
@@ -456,14 +542,123 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
 
 
 # --------------------------------------------------------------------------- kernels
-@task(name="probe")
-def kernels_probe(c: Context) -> None:
-    """On the GPU: hardware vs software E2M1 on all 2^32 inputs (not built yet)."""
-    _guard(lambda: _not_built("kernels.probe", 3))
+@task(name="probe", help={
+    "arch": "Build target, e.g. 121a (default: from the GPU's compute capability; "
+            "10.0 and later get the arch-specific 'a' target, which has the E2M1 instruction).",
+    "dry_run": "Print the build and run commands and exit 0 (needs no GPU when --arch is given).",
+    "json": "Print the device check's JSON report instead of the summary.",
+})
+def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool = False) -> None:
+    """On the GPU: hardware cvt.rn.satfinite.e2m1x2 vs the software E2M1 path on all 2^32
+    inputs; reports every difference and what the hardware returns for NaN.
+
+    On a DGX Spark (sm_121a) both paths run; on a GPU without the instruction (H100) it says
+    the hardware path is absent and checks the software path alone. Exit 1 on any mismatch.
+    """
+    import json as _json
+
+    from turbo import kernels
+    from turbo.console import TaskLog
+
+    plan = _guard(lambda: kernels.probe_plan(arch or None))
+    if dry_run:
+        print("build: " + " ".join(plan.build_argv) + "   (cached under "
+              f"{kernels.build_root()})")
+        print("run:   " + " ".join(plan.run_argv))
+        return
+    with TaskLog("kernels-probe") as log:
+        def say(line: str) -> None:
+            log.write(line)
+            if not json:
+                print(line)
+
+        report = _guard(lambda: kernels.run_probe(plan, say))
+        log.write(_json.dumps(report))
+        print(_json.dumps(report, indent=2) if json else kernels.render_probe(report))
+        if not json:
+            print(f"log: {log.path}")
+    if report["exit_code"] != 0:
+        raise Exit(code=1)
 
 
-ns = Collection(doctor, build_vllm, fetch_model, serve, stop, verify, bench)
+@task(name="bench", help={
+    "rows": "Rows of the random input (default 16384).",
+    "cols": "Columns, a multiple of 16 (default 32768: 16384x32768 = 32 Mi blocks of 16).",
+    "iters": "Timed calls per measurement (default 20).",
+    "repeats": "Alternating kernel/copy repeats; the best of each is kept (default 3).",
+    "variants": "Comma-separated conversions: none,turbo,chain,cuda (default all four).",
+    "dtypes": "Comma-separated input dtypes: bfloat16,float16 (default both).",
+    "out": "Also write the result as JSON to this file.",
+    "json": "Print JSON instead of the table.",
+    "dry_run": "Print what would be built and run, and exit 0.",
+})
+def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int = 20,
+                  repeats: int = 3, variants: str = "none,turbo,chain,cuda",
+                  dtypes: str = "bfloat16,float16", out: str = "", json: bool = False,
+                  dry_run: bool = False) -> None:
+    """Benchmark the NVFP4 quantisation kernel per E2M1 conversion, as a share of a
+    device-to-device copy moving the same bytes, on random data (any CUDA GPU)."""
+    import dataclasses
+    import json as _json
+    from pathlib import Path
+
+    from turbo import kernels
+    from turbo.console import TaskLog
+
+    vs = [v for v in variants.split(",") if v]
+    ds = [d for d in dtypes.split(",") if d]
+    if dry_run:
+        print(f"build: torch.utils.cpp_extension.load({[str(p) for p in kernels.QUANT_SOURCES]},"
+              f" build_directory={kernels.quant_build_dir()}/<name>)  [nvcc -O3 -std=c++17 "
+              "-gencode for this GPU]")
+        print(f"run:   bench_quant(rows={rows}, cols={cols}, iters={iters}, repeats={repeats}, "
+              f"variants={vs}, dtypes={ds})")
+        return
+    with TaskLog("kernels-bench") as log:
+        def say(line: str) -> None:
+            log.write(line)
+            if not json:
+                print(line)
+
+        result = _guard(lambda: kernels.bench_quant(rows, cols, iters, repeats, vs, ds, say))
+        data = dataclasses.asdict(result)
+        log.write(_json.dumps(data))
+        if out:
+            Path(out).write_text(_json.dumps(data, indent=2) + "\n")
+        print(_json.dumps(data, indent=2) if json else kernels.render_bench(result))
+
+
+@task(name="compile-check", help={
+    "archs": "Comma-separated targets (default 121,121a,120f,90).",
+    "force_software": "Compile with TURBO_E2M1_FORCE_SOFTWARE.",
+    "json": "Print JSON instead of the table.",
+})
+def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
+                          force_software: bool = False, json: bool = False) -> None:
+    """Compile the E2M1 header for each target with nvcc and say whether the hardware
+    instruction is in the PTX and SASS (no GPU needed)."""
+    import dataclasses
+    import json as _json
+
+    from turbo import kernels
+    from turbo.console import render_table
+
+    results = _guard(lambda: [kernels.compile_check(a, force_software)
+                              for a in archs.split(",") if a])
+    if json:
+        print(_json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+    else:
+        print(render_table(["arch", "forced sw", "compiles", "cvt in PTX", "cvt in SASS"],
+                           [(r.arch, r.force_software, r.ok, r.ptx_has_cvt,
+                             "n/a" if r.sass_has_cvt is None else r.sass_has_cvt)
+                            for r in results]))
+    if not all(r.ok for r in results):
+        raise Exit(code=1)
+
+
+ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
+                verify, bench)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
                               patches_refresh, patches_archs))
-ns.add_collection(Collection("kernels", kernels_probe))
+ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))
 ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))

@@ -58,6 +58,7 @@ def write_stamp(stamp: Mapping[str, Any], path: Path | None = None) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump({"schema": SCHEMA, **stamp}, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a stamp is copied between nodes
         os.replace(tmp, p)
     finally:
         Path(tmp).unlink(missing_ok=True)
