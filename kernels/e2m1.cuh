@@ -29,10 +29,10 @@
 // The software path ("magic add", exact on all 2^32 inputs; proof in docs/kernels.md):
 //   c = clamp(x, -6, 6)        two min/max; NaN -> +6, -0.0 and the sign of tiny values kept
 //   e = max(binade(|c|), 1.0)  exponent bits only
-//   m = e * 2^22               a power of two whose ulp is the E2M1 step of |c|'s binade
+//   m = e * 2^22 + 6 ulp       in a binade whose ulp is the E2M1 step of |c|'s binade
 //   s = |c| + m                ONE correctly rounded add does round-to-nearest-even
 //   bits(s) = bits(m) + n, n = round(|c| / step); code = 2 * log2(e) + n = low 3 bits of
-//   bits(s) + bits(e) >> 22 + 2; the sign comes from bits(c).
+//   bits(s) + bits(s) >> 22; the sign comes from bits(c).
 // About ten SASS instructions per element on sm_90/sm_121 (see BENCHMARKS.md).
 //
 // Do not compile the host path with a non-default floating-point rounding mode; -ffast-math is
@@ -107,16 +107,21 @@ TURBO_E2M1_FN uint32_t turbo_e2m1_sw(float x) {
   // is that of [1, 2), which is what makes one formula cover the subnormal codes.
   const uint32_t e_raw = cb & 0x7F800000u;
   const uint32_t e = e_raw > 0x3F800000u ? e_raw : 0x3F800000u;
-  const uint32_t m = e + (22u << 23);  // e * 2^22: ulp(m) = e / 2 = the E2M1 step
-  const float mag = turbo_e2m1_u2f(cb & 0x7FFFFFFFu);
+  // m = e * 2^22 + 6 ulp: in the binade [e * 2^22, e * 2^23), whose ulp (e / 2) is the E2M1
+  // step of |c|'s binade. The 6 ulp are even, so ties still round to an even E2M1 mantissa.
+  const uint32_t m = e + (22u << 23) + 6u;
 #if defined(__CUDA_ARCH__)
-  const float s = __fadd_rn(mag, turbo_e2m1_u2f(m));  // never contracted or reordered
+  // |c| folds into the add as an operand modifier; __fadd_rn is never contracted or reordered.
+  const float s = __fadd_rn(fabsf(c), turbo_e2m1_u2f(m));
 #else
+  const float mag = turbo_e2m1_u2f(cb & 0x7FFFFFFFu);
   const float s = mag + turbo_e2m1_u2f(m);
 #endif
-  // bits(s) = m + n with n <= 4 (mantissa of m is zero); e >> 22 = 2 * (log2(e) + 127), and
-  // 254 + 2 = 256 = 0 mod 8, so the low three bits are n + 2 * log2(e), the magnitude code.
-  const uint32_t t = turbo_e2m1_f2u(s) + (e >> 22) + 2u;
+  // bits(s) = e' + 6 + n, e' = bits(e * 2^22), n = round(|c| / step) <= 4. bits(s) >> 22 is
+  // 2 * biased_exp(e') = 2 * log2(e) + 298, and 6 + 298 = 304 = 0 mod 8: the low three bits of
+  // bits(s) + bits(s) >> 22 are n + 2 * log2(e), the magnitude code. One LEA.HI on the GPU.
+  const uint32_t sb = turbo_e2m1_f2u(s);
+  const uint32_t t = sb + (sb >> 22);
   return (t & 7u) | ((cb >> 28) & 8u);
 }
 

@@ -53,4 +53,12 @@ int64_t turbo_e2m1_check_cutlass(uint32_t start, uint32_t count, uint64_t* nan_t
   return bad;
 }
 
+// The pair and the eight through the public API (host build), for the packing-order tests.
+uint8_t turbo_e2m1x2_host(float a, float b) { return turbo_e2m1x2(a, b); }
+
+uint32_t turbo_e2m1x8_host(const float* v) {
+  const float a[8] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+  return turbo_e2m1x8(a);
+}
+
 }  // extern "C"

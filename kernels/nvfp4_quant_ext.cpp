@@ -2,8 +2,8 @@
 // (torch.utils.cpp_extension.load). Shapes and dtypes are checked here; the Python wrapper
 // turns TORCH_CHECK failures for bad user input into one-line errors before they get here.
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -16,7 +16,7 @@ uint8_t* bytes_or_null(const std::optional<torch::Tensor>& t) {
   return t.has_value() ? t->data_ptr<uint8_t>() : nullptr;
 }
 
-void quantize(const torch::Tensor& input, const torch::Tensor& global_scale, torch::Tensor& out,
+void quantize(const torch::Tensor& input, const torch::Tensor& global_scale, const torch::Tensor& out,
               const std::optional<torch::Tensor>& sf_swizzled,
               const std::optional<torch::Tensor>& sf_linear, int64_t conv) {
   TORCH_CHECK(input.is_cuda() && input.dim() == 2 && input.is_contiguous(),
@@ -45,24 +45,27 @@ void quantize(const torch::Tensor& input, const torch::Tensor& global_scale, tor
                     s.numel() == rows * kb,
                 "sf_linear must be uint8 of rows * cols/16 bytes");
   }
-  const at::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::CUDAGuard guard(input.device());
   const int dtype =
       input.scalar_type() == at::kHalf ? TURBO_NVFP4_DTYPE_F16 : TURBO_NVFP4_DTYPE_BF16;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int sms = 0;
+  TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                     input.get_device()) == cudaSuccess,
+              "cannot read the multiprocessor count");
   const cudaError_t err = turbo_nvfp4_quant(
       dtype, static_cast<int>(conv), static_cast<int>(rows), static_cast<int>(cols),
       input.data_ptr(), global_scale.data_ptr<float>(), out.data_ptr(), bytes_or_null(sf_swizzled),
-      bytes_or_null(sf_linear), sms, at::cuda::getCurrentCUDAStream());
+      bytes_or_null(sf_linear), sms, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "turbo_nvfp4_quant: ", cudaGetErrorString(err));
 }
 
 torch::Tensor rcp_approx(const torch::Tensor& x) {
   TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat, "x must be float32 on the GPU");
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   auto out = torch::empty_like(xc);
   const cudaError_t err = turbo_rcp_approx(xc.data_ptr<float>(), out.data_ptr<float>(),
-                                           xc.numel(), at::cuda::getCurrentCUDAStream());
+                                           xc.numel(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "turbo_rcp_approx: ", cudaGetErrorString(err));
   return out;
 }
