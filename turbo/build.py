@@ -275,14 +275,16 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
         steps.append(Step("check the extension loads",
                           [py, "-c", "import torch; " + "; ".join(f"import {m}"
                                                                  for m in EXTENSIONS)],
-                          paths.state_dir()))
+                          bdir))
         steps.append(Step("list cubin targets",
                           [tc.cuobjdump or "cuobjdump", "--list-elf", "<each vllm/*.so>"],
                           src_dir, note=f"GB10 needs one of {', '.join(GB10_CUBINS)}"))
     else:
         steps.append(Step("check vLLM imports",
                           [py, "-c", "import vllm, json; print(json.dumps(vllm.__version__))"],
-                          paths.state_dir()))
+                          bdir))
+    # The checks run in the build dir: from the state dir, `import vllm` would find the
+    # checkout's own vllm/ directory (cwd is on sys.path) instead of the installed package.
     steps.append(Step("write build stamp", None, note=str(paths.stamp_path())))
 
     inputs: dict[str, Any] = {
