@@ -54,8 +54,11 @@ OOM_PATTERNS = (
     re.compile(r"(^|\s)Killed(\s|$)"),
     re.compile(r"std::bad_alloc|out of memory allocating", re.IGNORECASE),
 )
-_ERROR_LINE = re.compile(r"(\berror\b|FAILED:|fatal|CMake Error|undefined reference|"
-                         r"No such file|Traceback|Error:)", re.IGNORECASE)
+_ERROR_LINE = re.compile(
+    r"(\berror\b|FAILED:|fatal|CMake Error|undefined reference|"
+    r"No such file|Traceback|Error:)",
+    re.IGNORECASE,
+)
 
 
 # --------------------------------------------------------------------------- MAX_JOBS rule
@@ -66,8 +69,14 @@ class Jobs:
     rule: str
 
 
-def jobs_rule(cores: int, mem_available_gb: float, pins: Pins, *, max_jobs: int | None = None,
-              nvcc_threads: int | None = None) -> Jobs:
+def jobs_rule(
+    cores: int,
+    mem_available_gb: float,
+    pins: Pins,
+    *,
+    max_jobs: int | None = None,
+    nvcc_threads: int | None = None,
+) -> Jobs:
     """MAX_JOBS and NVCC_THREADS so the compilers cannot exhaust memory.
 
     The rule: compile threads = min(cores, floor(MemAvailable * mem_fraction /
@@ -82,16 +91,19 @@ def jobs_rule(cores: int, mem_available_gb: float, pins: Pins, *, max_jobs: int 
     threads = max(1, min(nvcc_threads or b.nvcc_threads, budget))
     jobs = budget if max_jobs is None else max(1, max_jobs)
     jobs = max(jobs, threads)
-    rule = (f"min({cores} cores, {mem_available_gb:.0f} GB available x {b.mem_fraction} / "
-            f"{b.gb_per_compile_thread} GB per compile thread) = {budget} threads; "
-            f"{jobs // threads} nvcc processes x {threads} threads")
+    rule = (
+        f"min({cores} cores, {mem_available_gb:.0f} GB available x {b.mem_fraction} / "
+        f"{b.gb_per_compile_thread} GB per compile thread) = {budget} threads; "
+        f"{jobs // threads} nvcc processes x {threads} threads"
+    )
     if max_jobs is not None:
         rule += f" (MAX_JOBS={max_jobs} given)"
     return Jobs(jobs, threads, rule)
 
 
-def host_jobs(pins: Pins, host: doctor.Host, *, max_jobs: int | None = None,
-              nvcc_threads: int | None = None) -> Jobs:
+def host_jobs(
+    pins: Pins, host: doctor.Host, *, max_jobs: int | None = None, nvcc_threads: int | None = None
+) -> Jobs:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -153,16 +165,30 @@ class BuildPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "src_dir": str(self.src_dir), "source_kind": self.source_kind, "fetch": self.fetch,
-            "repo": self.repo, "ref": self.ref, "arch_list": self.arch_list,
-            "patch_digest": self.patch_digest, "jobs": asdict(self.jobs),
-            "env": redact_env(self.env), "inputs": self.inputs,
+            "src_dir": str(self.src_dir),
+            "source_kind": self.source_kind,
+            "fetch": self.fetch,
+            "repo": self.repo,
+            "ref": self.ref,
+            "arch_list": self.arch_list,
+            "patch_digest": self.patch_digest,
+            "jobs": asdict(self.jobs),
+            "env": redact_env(self.env),
+            "inputs": self.inputs,
             "inputs_digest": stamp.inputs_digest(self.inputs),
-            "steps": [{"name": s.name, "argv": redact_argv(s.argv) if s.argv else None,
-                       "commands": [redact_argv(c) for c in s.commands],
-                       "cwd": str(s.cwd) if s.cwd else None, "env": redact_env(s.env),
-                       "note": s.note} for s in self.steps],
-            "toolchain_error": self.toolchain_error, "would_build": self.would_build,
+            "steps": [
+                {
+                    "name": s.name,
+                    "argv": redact_argv(s.argv) if s.argv else None,
+                    "commands": [redact_argv(c) for c in s.commands],
+                    "cwd": str(s.cwd) if s.cwd else None,
+                    "env": redact_env(s.env),
+                    "note": s.note,
+                }
+                for s in self.steps
+            ],
+            "toolchain_error": self.toolchain_error,
+            "would_build": self.would_build,
         }
 
 
@@ -184,20 +210,33 @@ def _pretend_version(pins: Pins, commit: str) -> str | None:
     return None
 
 
-def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
-              tc: toolchain.Toolchain | None = None) -> BuildPlan:
+def make_plan(
+    opts: BuildOptions,
+    pins: Pins,
+    host: doctor.Host | None = None,
+    tc: toolchain.Toolchain | None = None,
+) -> BuildPlan:
     """Everything the build will do, decided up front. Reads the machine, changes nothing."""
     h = host or doctor.Host()
     if opts.target not in toolchain.TARGETS:
-        raise TurboError("--target", f"unknown target {opts.target!r}",
-                         f"Use one of: {', '.join(toolchain.TARGETS)}.")
+        raise TurboError(
+            "--target",
+            f"unknown target {opts.target!r}",
+            f"Use one of: {', '.join(toolchain.TARGETS)}.",
+        )
     for name, value in opts.overrides.items():
         if name not in OVERRIDES:
-            raise TurboError("local source override", f"unknown name {name!r}",
-                             f"Use one of: {', '.join(OVERRIDES)}.")
+            raise TurboError(
+                "local source override",
+                f"unknown name {name!r}",
+                f"Use one of: {', '.join(OVERRIDES)}.",
+            )
         if not Path(value).is_dir():
-            raise TurboError(f"--{name.replace('_', '-')}-src {value}", "is not a directory",
-                             "Point it at an unpacked source tree of that project.")
+            raise TurboError(
+                f"--{name.replace('_', '-')}-src {value}",
+                "is not a directory",
+                "Point it at an unpacked source tree of that project.",
+            )
     tc = tc or toolchain.quick_probe(pins, python=opts.python, target=opts.target, host=h)
     if opts.src is not None:
         tree = source.use_tree(opts.src, opts.ref)
@@ -220,15 +259,17 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
         **overrides,
     }
     if opts.target == "cuda":
-        env.update({
-            "TORCH_CUDA_ARCH_LIST": arch,
-            "MAX_JOBS": str(jobs.max_jobs),
-            "NVCC_THREADS": str(jobs.nvcc_threads),
-            # vLLM's setup.py adds ccache as the compiler launcher when it is on PATH.
-            "CCACHE_DIR": str(toolchain.ccache_dir()),
-            "CCACHE_MAXSIZE": pins.build.ccache_max_size,
-            "CCACHE_BASEDIR": str(src_dir),
-        })
+        env.update(
+            {
+                "TORCH_CUDA_ARCH_LIST": arch,
+                "MAX_JOBS": str(jobs.max_jobs),
+                "NVCC_THREADS": str(jobs.nvcc_threads),
+                # vLLM's setup.py adds ccache as the compiler launcher when it is on PATH.
+                "CCACHE_DIR": str(toolchain.ccache_dir()),
+                "CCACHE_MAXSIZE": pins.build.ccache_max_size,
+                "CCACHE_BASEDIR": str(src_dir),
+            }
+        )
         if tc.nvcc and not (h.env.get("CUDA_HOME") or h.env.get("CUDA_PATH")):
             env["CUDA_HOME"] = str(Path(tc.nvcc).parent.parent)
     if kind == "git":
@@ -237,65 +278,154 @@ def make_plan(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None,
             env["SETUPTOOLS_SCM_PRETEND_VERSION_FOR_VLLM"] = pretend
 
     py = opts.python
-    steps: list[Step] = [Step("check toolchain", None, note=(
-        f"target {opts.target}: torch {pins.toolchain.torch} with CUDA {pins.toolchain.cuda}, "
-        "nvcc 13.x, ptxas accepting sm_121a, gcc, cmake >= 3.26, ninja, "
-        f"{pins.build.disk_gb:.0f} GB free" if opts.target == "cuda" else
-        f"target {opts.target}: torch importable, {pins.build.disk_gb:.0f} GB free"))]
+    steps: list[Step] = [
+        Step(
+            "check toolchain",
+            None,
+            note=(
+                f"target {opts.target}: torch {pins.toolchain.torch} with CUDA "
+                f"{pins.toolchain.cuda}, "
+                "nvcc 13.x, ptxas accepting sm_121a, gcc, cmake >= 3.26, ninja, "
+                f"{pins.build.disk_gb:.0f} GB free"
+                if opts.target == "cuda"
+                else f"target {opts.target}: torch importable, {pins.build.disk_gb:.0f} GB free"
+            ),
+        )
+    ]
     if fetch:
         part = src_dir.with_name(src_dir.name + ".partial")
-        steps.append(Step("fetch vLLM", None, part, commands=source.fetch_argv(str(repo), ref),
-                          note=f"only this commit (depth 1); HEAD must be {ref}, then {part.name} "
-                               f"is renamed to {src_dir.name}; an existing checkout at {ref[:12]} "
-                               "is reused"))
+        steps.append(
+            Step(
+                "fetch vLLM",
+                None,
+                part,
+                commands=source.fetch_argv(str(repo), ref),
+                note=f"only this commit (depth 1); HEAD must be {ref}, then {part.name} "
+                f"is renamed to {src_dir.name}; an existing checkout at {ref[:12]} "
+                "is reused",
+            )
+        )
     else:
         steps.append(Step("use source tree", None, note=f"{kind} tree {src_dir} at {ref}"))
     steps += [
-        Step("apply patch series", None, src_dir,
-             note=f"series {digest[:16]}, patches for {patch_ref[:12]}: all or nothing; a tree "
-                  "with an older series is reverted first"),
-        Step("use the environment's torch", [py, "use_existing_torch.py"], src_dir,
-             note="strips vLLM's torch pins from requirements/ and pyproject.toml"),
-        Step("install build requirements",
-             [py, "-m", "pip", "install", "-r", str(bdir / "build-requirements.txt"),
-              "-c", str(bdir / "constraints.txt")], src_dir,
-             note=f"requirements/build.txt minus the tools the environment provides; the "
-                  f"constraint holds torch at {tc.torch or pins.toolchain.torch}"),
+        Step(
+            "apply patch series",
+            None,
+            src_dir,
+            note=f"series {digest[:16]}, patches for {patch_ref[:12]}: all or nothing; a tree "
+            "with an older series is reverted first",
+        ),
+        Step(
+            "use the environment's torch",
+            [py, "use_existing_torch.py"],
+            src_dir,
+            note="strips vLLM's torch pins from requirements/ and pyproject.toml",
+        ),
+        Step(
+            "install build requirements",
+            [
+                py,
+                "-m",
+                "pip",
+                "install",
+                "-r",
+                str(bdir / "build-requirements.txt"),
+                "-c",
+                str(bdir / "constraints.txt"),
+            ],
+            src_dir,
+            note=f"requirements/build.txt minus the tools the environment provides; the "
+            f"constraint holds torch at {tc.torch or pins.toolchain.torch}",
+        ),
     ]
     if opts.runtime_deps:
         req = "cuda.txt" if opts.target == "cuda" else "common.txt"
-        steps.append(Step("install runtime requirements",
-                          [py, "-m", "pip", "install", "-r", f"requirements/{req}",
-                           "-c", str(bdir / "constraints.txt")], src_dir))
-    steps.append(Step("build and install vLLM (editable)",
-                      [py, "-m", "pip", "install", "-v", "--no-build-isolation", "--no-deps",
-                       "-e", "."], src_dir, dict(env),
-                      note="progress is parsed from ninja's [N/M] lines"))
+        steps.append(
+            Step(
+                "install runtime requirements",
+                [
+                    py,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-r",
+                    f"requirements/{req}",
+                    "-c",
+                    str(bdir / "constraints.txt"),
+                ],
+                src_dir,
+            )
+        )
+    steps.append(
+        Step(
+            "build and install vLLM (editable)",
+            [py, "-m", "pip", "install", "-v", "--no-build-isolation", "--no-deps", "-e", "."],
+            src_dir,
+            dict(env),
+            note="progress is parsed from ninja's [N/M] lines",
+        )
+    )
     if opts.target == "cuda":
-        steps.append(Step("check the extension loads",
-                          [py, "-c", "import torch; " + "; ".join(f"import {m}"
-                                                                 for m in EXTENSIONS)],
-                          bdir))
-        steps.append(Step("list cubin targets",
-                          [tc.cuobjdump or "cuobjdump", "--list-elf", "<each vllm/*.so>"],
-                          src_dir, note=f"GB10 needs one of {', '.join(GB10_CUBINS)}"))
+        steps.append(
+            Step(
+                "check the extension loads",
+                [py, "-c", "import torch; " + "; ".join(f"import {m}" for m in EXTENSIONS)],
+                bdir,
+            )
+        )
+        steps.append(
+            Step(
+                "list cubin targets",
+                [tc.cuobjdump or "cuobjdump", "--list-elf", "<each vllm/*.so>"],
+                src_dir,
+                note=f"GB10 needs one of {', '.join(GB10_CUBINS)}",
+            )
+        )
     else:
-        steps.append(Step("check vLLM imports",
-                          [py, "-c", "import vllm, json; print(json.dumps(vllm.__version__))"],
-                          bdir))
+        steps.append(
+            Step(
+                "check vLLM imports",
+                [py, "-c", "import vllm, json; print(json.dumps(vllm.__version__))"],
+                bdir,
+            )
+        )
     # The checks run in the build dir: from the state dir, `import vllm` would find the
     # checkout's own vllm/ directory (cwd is on sys.path) instead of the installed package.
     steps.append(Step("write build stamp", None, note=str(paths.stamp_path())))
 
     inputs: dict[str, Any] = {
-        "commit": ref, "source_kind": kind, "src_dir": str(src_dir), "patch_digest": digest,
+        "commit": ref,
+        "source_kind": kind,
+        "src_dir": str(src_dir),
+        "patch_digest": digest,
         "patch_ref": patch_ref,
-        "arch_list": arch if opts.target == "cuda" else None, "target": opts.target,
-        "torch": tc.torch, "torch_cuda": tc.torch_cuda, "cuda": tc.cuda,
-        "python": tc.python_version, "machine": tc.machine, "overrides": overrides,
+        "arch_list": arch if opts.target == "cuda" else None,
+        "target": opts.target,
+        "torch": tc.torch,
+        "torch_cuda": tc.torch_cuda,
+        "cuda": tc.cuda,
+        "python": tc.python_version,
+        "machine": tc.machine,
+        "overrides": overrides,
     }
-    return BuildPlan(opts, src_dir, kind, fetch, repo, ref, patch_ref, arch, digest, tc, jobs,
-                     env, steps, inputs, bdir, paths.log_dir() / "build-vllm-<time>.log")
+    return BuildPlan(
+        opts,
+        src_dir,
+        kind,
+        fetch,
+        repo,
+        ref,
+        patch_ref,
+        arch,
+        digest,
+        tc,
+        jobs,
+        env,
+        steps,
+        inputs,
+        bdir,
+        paths.log_dir() / "build-vllm-<time>.log",
+    )
 
 
 def dry_run(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None) -> BuildPlan:
@@ -304,8 +434,13 @@ def dry_run(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None) -> 
     h = host or doctor.Host()
     plan = make_plan(opts, pins, h)
     try:
-        toolchain.check_toolchain(pins, python=opts.python, target=opts.target, host=h,
-                                  need_disk_gb=None if opts.target == "cuda" else 1.0)
+        toolchain.check_toolchain(
+            pins,
+            python=opts.python,
+            target=opts.target,
+            host=h,
+            need_disk_gb=None if opts.target == "cuda" else 1.0,
+        )
     except TurboError as err:
         plan.toolchain_error = "a real run would stop here: " + err.line()
     plan.would_build = _why_build(plan, stamp.read_stamp(), opts.force)
@@ -321,15 +456,20 @@ def _why_build(plan: BuildPlan, old: Mapping[str, Any] | None, force: bool) -> s
 
 def render_plan(plan: BuildPlan) -> str:
     """The --dry-run text: every step with its argv, working directory and environment."""
-    lines = [f"vLLM {plan.ref} ({plan.source_kind}) -> {plan.src_dir}",
-             f"would build: {plan.would_build}" if plan.would_build else
-             "up to date: a real run would do nothing (the stamp matches these inputs)",
-             f"toolchain: {plan.toolchain_error or 'all checks pass'}",
-             f"target {plan.options.target}, arch list {plan.arch_list}, "
-             f"patch series {plan.patch_digest[:16]}",
-             f"jobs: MAX_JOBS={plan.jobs.max_jobs} NVCC_THREADS={plan.jobs.nvcc_threads} "
-             f"({plan.jobs.rule})",
-             f"log: {plan.log_hint}", "", "build environment (on top of the current one):"]
+    lines = [
+        f"vLLM {plan.ref} ({plan.source_kind}) -> {plan.src_dir}",
+        f"would build: {plan.would_build}"
+        if plan.would_build
+        else "up to date: a real run would do nothing (the stamp matches these inputs)",
+        f"toolchain: {plan.toolchain_error or 'all checks pass'}",
+        f"target {plan.options.target}, arch list {plan.arch_list}, "
+        f"patch series {plan.patch_digest[:16]}",
+        f"jobs: MAX_JOBS={plan.jobs.max_jobs} NVCC_THREADS={plan.jobs.nvcc_threads} "
+        f"({plan.jobs.rule})",
+        f"log: {plan.log_hint}",
+        "",
+        "build environment (on top of the current one):",
+    ]
     lines += [f"  {k}={v}" for k, v in sorted(redact_env(plan.env).items())]
     lines.append("")
     for i, s in enumerate(plan.steps, 1):
@@ -411,12 +551,17 @@ def error_summary(lines: list[str], limit: int = 12) -> list[str]:
 def failure_error(step: str, lines: list[str], log: Path, jobs: Jobs | None) -> TurboError:
     if oom_killed(lines):
         lower = max(1, (jobs.max_jobs // 2) if jobs else 1)
-        return TurboError(f"build step '{step}'", "a compiler was killed for lack of memory "
-                          f"(MAX_JOBS={jobs.max_jobs if jobs else '?'})",
-                          f"Re-run with --max-jobs {lower} (it resumes); full log: {log}")
+        return TurboError(
+            f"build step '{step}'",
+            f"a compiler was killed for lack of memory (MAX_JOBS={jobs.max_jobs if jobs else '?'})",
+            f"Re-run with --max-jobs {lower} (it resumes); full log: {log}",
+        )
     last = error_summary(lines, 1)
-    return TurboError(f"build step '{step}'", f"failed: {last[0] if last else 'no output'}",
-                      f"The last error lines are above; full log: {log}. Re-run to resume.")
+    return TurboError(
+        f"build step '{step}'",
+        f"failed: {last[0] if last else 'no output'}",
+        f"The last error lines are above; full log: {log}. Re-run to resume.",
+    )
 
 
 # --------------------------------------------------------------------------- running
@@ -428,16 +573,26 @@ def build_lock() -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise TurboError("build-vllm", "another build is running in "
-                             f"{paths.state_dir()}", "Wait for it or stop it.") from exc
+            raise TurboError(
+                "build-vllm",
+                f"another build is running in {paths.state_dir()}",
+                "Wait for it or stop it.",
+            ) from exc
         yield
 
 
 Echo = Callable[[str], None]
 
 
-def run_step(step: Step, log: TaskLog, echo: Echo, *, verbose: bool = False,
-             jobs: Jobs | None = None, clock: Callable[[], float] = time.monotonic) -> list[str]:
+def run_step(
+    step: Step,
+    log: TaskLog,
+    echo: Echo,
+    *,
+    verbose: bool = False,
+    jobs: Jobs | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
     """Run one argv step, streaming its output to the log; progress lines go to ``echo``."""
     assert step.argv is not None
     log.write(f"$ {' '.join(redact_argv(step.argv))}  (in {step.cwd})")
@@ -447,12 +602,22 @@ def run_step(step: Step, log: TaskLog, echo: Echo, *, verbose: bool = False,
     progress = NinjaProgress(clock)
     last_print = 0.0
     try:
-        proc = subprocess.Popen(step.argv, cwd=step.cwd, env={**os.environ, **step.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            step.argv,
+            cwd=step.cwd,
+            env={**os.environ, **step.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
     except OSError as exc:
-        raise TurboError(f"build step '{step.name}'", f"cannot start {step.argv[0]} ({exc})",
-                         "Check the toolchain (`invoke doctor`).") from exc
+        raise TurboError(
+            f"build step '{step.name}'",
+            f"cannot start {step.argv[0]} ({exc})",
+            "Check the toolchain (`invoke doctor`).",
+        ) from exc
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -499,7 +664,8 @@ def _write_requirements(plan: BuildPlan) -> None:
     torch = plan.toolchain.torch
     (plan.build_dir / "constraints.txt").write_text(
         f"# keep the environment's torch: a build against another torch would not load\n"
-        f"torch=={torch}\n")
+        f"torch=={torch}\n"
+    )
     cfg = Path(plan.env["DIST_EXTRA_CONFIG"])
     cmake_dir = plan.build_dir / f"cmake-{plan.options.target}"
     cfg.write_text(f"[build_ext]\nbuild_temp = {cmake_dir}\n")
@@ -509,8 +675,9 @@ def cubin_targets(cuobjdump: str, so_files: list[Path]) -> dict[str, list[str]]:
     """sm_* targets of the cubins in each shared object (``cuobjdump --list-elf``)."""
     out: dict[str, list[str]] = {}
     for so in so_files:
-        proc = subprocess.run([cuobjdump, "--list-elf", str(so)], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            [cuobjdump, "--list-elf", str(so)], capture_output=True, text=True, check=False
+        )
         found = re.findall(r"\.(sm_\d+[af]?)\.cubin", proc.stdout)
         out[so.name] = sorted(set(found))
     return out
@@ -535,13 +702,16 @@ def _tree_intact(plan: BuildPlan, old: Mapping[str, Any]) -> str | None:
     if plan.source_kind == "git" and source.head_commit(plan.src_dir) != plan.ref:
         return f"source tree {plan.src_dir} is no longer at {plan.ref[:12]}"
     if plan.toolchain.vllm_installed != old.get("vllm_version"):
-        return (f"installed vLLM is {plan.toolchain.vllm_installed}, the stamp says "
-                f"{old.get('vllm_version')}")
+        return (
+            f"installed vLLM is {plan.toolchain.vllm_installed}, the stamp says "
+            f"{old.get('vllm_version')}"
+        )
     return None
 
 
-def build(opts: BuildOptions, pins: Pins, *, host: doctor.Host | None = None,
-          echo: Echo = print) -> BuildResult:
+def build(
+    opts: BuildOptions, pins: Pins, *, host: doctor.Host | None = None, echo: Echo = print
+) -> BuildResult:
     """Build (or say why nothing needs building). Raises TurboError on any failure, after
     recording it in the stamp."""
     t0 = time.monotonic()
@@ -552,13 +722,20 @@ def build(opts: BuildOptions, pins: Pins, *, host: doctor.Host | None = None,
         why = _why_build(plan, old, opts.force)
         if why is None and old is not None:
             dt = time.monotonic() - t0
-            echo(f"vLLM {plan.ref[:12]} is already built with these inputs (stamp "
-                 f"{paths.stamp_path()}, finished {old.get('finished_at')}); nothing to do "
-                 f"({dt:.2f} s). Use --force to rebuild.")
+            echo(
+                f"vLLM {plan.ref[:12]} is already built with these inputs (stamp "
+                f"{paths.stamp_path()}, finished {old.get('finished_at')}); nothing to do "
+                f"({dt:.2f} s). Use --force to rebuild."
+            )
             return BuildResult(True, "up to date", dict(old), dt)
         echo(f"building: {why}")
-        tc = toolchain.check_toolchain(pins, python=opts.python, target=opts.target, host=h,
-                                       need_disk_gb=None if opts.target == "cuda" else 1.0)
+        tc = toolchain.check_toolchain(
+            pins,
+            python=opts.python,
+            target=opts.target,
+            host=h,
+            need_disk_gb=None if opts.target == "cuda" else 1.0,
+        )
         plan.toolchain = tc
         return _execute(plan, pins, t0, echo)
 
@@ -566,16 +743,26 @@ def build(opts: BuildOptions, pins: Pins, *, host: doctor.Host | None = None,
 def _base_stamp(plan: BuildPlan) -> dict[str, Any]:
     tc = plan.toolchain
     return {
-        "commit": plan.ref, "source": {"kind": plan.source_kind, "path": str(plan.src_dir),
-                                       "repo": plan.repo},
-        "patch_digest": plan.patch_digest, "arch_list": plan.inputs["arch_list"],
-        "target": plan.options.target, "torch": tc.torch, "cuda": tc.torch_cuda,
-        "nvcc": tc.cuda, "python": tc.python_version, "machine": tc.machine,
+        "commit": plan.ref,
+        "source": {"kind": plan.source_kind, "path": str(plan.src_dir), "repo": plan.repo},
+        "patch_digest": plan.patch_digest,
+        "arch_list": plan.inputs["arch_list"],
+        "target": plan.options.target,
+        "torch": tc.torch,
+        "cuda": tc.torch_cuda,
+        "nvcc": tc.cuda,
+        "python": tc.python_version,
+        "machine": tc.machine,
         "toolchain": tc.versions(),
-        "flags": {"MAX_JOBS": plan.jobs.max_jobs, "NVCC_THREADS": plan.jobs.nvcc_threads,
-                  "jobs_rule": plan.jobs.rule, "env": redact_env(plan.env),
-                  "ccache": bool(tc.ccache)},
-        "inputs": plan.inputs, "inputs_digest": stamp.inputs_digest(plan.inputs),
+        "flags": {
+            "MAX_JOBS": plan.jobs.max_jobs,
+            "NVCC_THREADS": plan.jobs.nvcc_threads,
+            "jobs_rule": plan.jobs.rule,
+            "env": redact_env(plan.env),
+            "ccache": bool(tc.ccache),
+        },
+        "inputs": plan.inputs,
+        "inputs_digest": stamp.inputs_digest(plan.inputs),
     }
 
 
@@ -595,8 +782,9 @@ def _execute(plan: BuildPlan, pins: Pins, t0: float, echo: Echo) -> BuildResult:
             if step.name == "check toolchain":
                 log.write(json.dumps(plan.toolchain.versions()))
             elif step.name == "fetch vLLM":
-                tree = source.fetch_commit(str(plan.repo), plan.ref, plan.src_dir,
-                                           on_tree_change=_revert_patches)
+                tree = source.fetch_commit(
+                    str(plan.repo), plan.ref, plan.src_dir, on_tree_change=_revert_patches
+                )
                 log.write(f"source {tree.path} at {tree.commit} (HEAD verified)")
             elif step.name == "use source tree":
                 log.write(f"source {plan.src_dir} ({plan.source_kind}) at {plan.ref}")
@@ -611,9 +799,11 @@ def _execute(plan: BuildPlan, pins: Pins, t0: float, echo: Echo) -> BuildResult:
                 record["cubins"] = {"targets": cubins, "gb10": gb10_ok(cubins)}
                 log.write(json.dumps(record["cubins"]))
                 if not record["cubins"]["gb10"]:
-                    raise TurboError("cubin check", "no shared object carries a GB10 cubin "
-                                     f"({', '.join(GB10_CUBINS)})", "Check TORCH_CUDA_ARCH_LIST "
-                                     f"and the arch patches; log: {log.path}")
+                    raise TurboError(
+                        "cubin check",
+                        f"no shared object carries a GB10 cubin ({', '.join(GB10_CUBINS)})",
+                        f"Check TORCH_CUDA_ARCH_LIST and the arch patches; log: {log.path}",
+                    )
             elif step.name == "write build stamp":
                 pass
             elif step.argv is not None:
@@ -624,17 +814,26 @@ def _execute(plan: BuildPlan, pins: Pins, t0: float, echo: Echo) -> BuildResult:
                     record["extension_load"] = {"ok": True, "modules": list(EXTENSIONS)}
         # The installed distribution's version (with its local tag), as the no-op check reads it.
         record["vllm_version"] = toolchain.quick_probe(
-            pins, python=plan.options.python, target=plan.options.target).vllm_installed
-        record.update(result=stamp.OK, finished_at=stamp.now_iso(),
-                      duration_s=round(time.monotonic() - t0, 1))
+            pins, python=plan.options.python, target=plan.options.target
+        ).vllm_installed
+        record.update(
+            result=stamp.OK, finished_at=stamp.now_iso(), duration_s=round(time.monotonic() - t0, 1)
+        )
         stamp.write_stamp(record)
-        echo(f"built vLLM {record['vllm_version']} in "
-             f"{format_duration(time.monotonic() - t0)}; stamp {paths.stamp_path()}")
+        echo(
+            f"built vLLM {record['vllm_version']} in "
+            f"{format_duration(time.monotonic() - t0)}; stamp {paths.stamp_path()}"
+        )
         return BuildResult(False, "built", record, time.monotonic() - t0, log.path)
     except (TurboError, KeyboardInterrupt) as exc:
         err = "interrupted" if isinstance(exc, KeyboardInterrupt) else exc.line()
-        record.update(result=stamp.FAILED, failed_step=current, error=err,
-                      finished_at=stamp.now_iso(), duration_s=round(time.monotonic() - t0, 1))
+        record.update(
+            result=stamp.FAILED,
+            failed_step=current,
+            error=err,
+            finished_at=stamp.now_iso(),
+            duration_s=round(time.monotonic() - t0, 1),
+        )
         stamp.write_stamp(record)
         log.write(f"failed at {current}: {err}")
         raise
@@ -655,8 +854,9 @@ def _apply_patches(plan: BuildPlan, log: TaskLog, echo: Echo) -> dict[str, Any]:
     from turbo import patching
 
     state = stamp.read_stamp(plan.src_dir / patching.STATE_FILE)
-    if state is not None and (state.get("series_digest") != plan.patch_digest
-                              or state.get("status") != "applied"):
+    if state is not None and (
+        state.get("series_digest") != plan.patch_digest or state.get("status") != "applied"
+    ):
         rev = patching.revert_series(plan.src_dir)
         for msg in rev.messages:
             log.write(msg)
@@ -665,5 +865,8 @@ def _apply_patches(plan: BuildPlan, log: TaskLog, echo: Echo) -> dict[str, Any]:
     for msg in report.messages:
         log.write(msg)
         echo(f"  {msg}")
-    return {"applied": report.applied + report.already_applied, "skipped": report.skipped,
-            "newly_applied": report.applied}
+    return {
+        "applied": report.applied + report.already_applied,
+        "skipped": report.skipped,
+        "newly_applied": report.applied,
+    }

@@ -40,14 +40,25 @@ def _git_env() -> dict[str, str]:
 def run_git(argv: list[str], cwd: Path) -> str:
     """Run one git command (argv list); a failure becomes a TurboError naming the command."""
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=_git_env(),
-                              timeout=GIT_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=_git_env(),
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
     except FileNotFoundError as exc:
-        raise TurboError("git", "git is not installed", "Install git (the pixi environment "
-                         "has it).") from exc
+        raise TurboError(
+            "git", "git is not installed", "Install git (the pixi environment has it)."
+        ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise TurboError(" ".join(argv[:3]), f"no answer in {GIT_TIMEOUT_S:.0f} s",
-                         "Check the network or use --src with a local checkout.") from exc
+        raise TurboError(
+            " ".join(argv[:3]),
+            f"no answer in {GIT_TIMEOUT_S:.0f} s",
+            "Check the network or use --src with a local checkout.",
+        ) from exc
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout).strip().splitlines()
         why = err[-1] if err else f"exit {proc.returncode}"
@@ -59,8 +70,11 @@ def require_commit_hash(ref: str) -> str:
     """Only a full hash names one tree for sure: a branch or tag can move under us."""
     r = ref.strip().lower()
     if not _HEX40.match(r):
-        raise TurboError("vLLM ref", f"{ref!r} is not a full 40-hex commit hash",
-                         "Pass --ref with a full commit hash (branches and tags move).")
+        raise TurboError(
+            "vLLM ref",
+            f"{ref!r} is not a full 40-hex commit hash",
+            "Pass --ref with a full commit hash (branches and tags move).",
+        )
     return r
 
 
@@ -70,8 +84,7 @@ def fetch_argv(repo: str, commit: str) -> list[list[str]]:
         ["git", "init", "--quiet"],
         ["git", "remote", "add", "origin", repo],
         ["git", "fetch", "--quiet", "--depth", "1", "--no-tags", "origin", commit],
-        ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach",
-         "FETCH_HEAD"],
+        ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", "FETCH_HEAD"],
         ["git", "rev-parse", "HEAD"],
     ]
 
@@ -88,8 +101,11 @@ def head_commit(path: Path, runner: Runner = run_git) -> str | None:
 def _verify_head(path: Path, commit: str, runner: Runner) -> None:
     head = runner(["git", "rev-parse", "HEAD"], path).strip()
     if head != commit:
-        raise TurboError(f"vLLM checkout {path}", f"HEAD is {head}, expected {commit}",
-                         "Delete the directory and re-run, or pass the right --ref.")
+        raise TurboError(
+            f"vLLM checkout {path}",
+            f"HEAD is {head}, expected {commit}",
+            "Delete the directory and re-run, or pass the right --ref.",
+        )
 
 
 def _fetch_step(runner: Runner, argv: list[str], cwd: Path, repo: str, commit: str) -> None:
@@ -98,13 +114,22 @@ def _fetch_step(runner: Runner, argv: list[str], cwd: Path, repo: str, commit: s
     except TurboError as err:
         if argv[1] != "fetch":
             raise
-        raise TurboError(f"fetching vLLM {commit[:12]} from {repo}", err.why,
-                         "Check that the commit exists there (--ref) and the network or mirror "
-                         "(--repo) is reachable; or build a local tree with --src.") from err
+        raise TurboError(
+            f"fetching vLLM {commit[:12]} from {repo}",
+            err.why,
+            "Check that the commit exists there (--ref) and the network or mirror "
+            "(--repo) is reachable; or build a local tree with --src.",
+        ) from err
 
 
-def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git,
-                 on_tree_change: Callable[[Path], None] | None = None) -> SourceTree:
+def fetch_commit(
+    repo: str,
+    commit: str,
+    dest: Path,
+    *,
+    runner: Runner = run_git,
+    on_tree_change: Callable[[Path], None] | None = None,
+) -> SourceTree:
     """``dest`` holding ``commit`` and nothing else of the history.
 
     An existing checkout at another commit gets the new commit fetched into it (its build
@@ -113,8 +138,11 @@ def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git
     """
     commit = require_commit_hash(commit)
     if dest.exists() and not (dest / ".git").exists():
-        raise TurboError(f"vLLM source {dest}", "exists but is not a git checkout",
-                         "Move it away, or build it as it is with --src.")
+        raise TurboError(
+            f"vLLM source {dest}",
+            "exists but is not a git checkout",
+            "Move it away, or build it as it is with --src.",
+        )
     if (dest / ".git").exists():
         if head_commit(dest, runner) == commit:
             return SourceTree(dest, "git", commit, commit)
@@ -124,8 +152,19 @@ def fetch_commit(repo: str, commit: str, dest: Path, *, runner: Runner = run_git
         _fetch_step(runner, fetch_argv(repo, commit)[2], dest, repo, commit)
         # -f: files touched by use_existing_torch.py are ours to discard; untracked build
         # output (git-ignored) is kept so the next build is incremental.
-        runner(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force",
-                "--detach", "FETCH_HEAD"], dest)
+        runner(
+            [
+                "git",
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "--quiet",
+                "--force",
+                "--detach",
+                "FETCH_HEAD",
+            ],
+            dest,
+        )
         runner(["git", "clean", "-fdq"], dest)
         _verify_head(dest, commit, runner)
         return SourceTree(dest, "git", commit, commit)
@@ -157,21 +196,33 @@ def use_tree(path: Path, ref: str | None = None, *, runner: Runner = run_git) ->
     is given) or an unpacked sdist (its PKG-INFO version is the ref)."""
     path = path.absolute()
     if not (path / "setup.py").is_file() or not (path / "CMakeLists.txt").is_file():
-        raise TurboError(f"--src {path}", "is not a vLLM source tree (no setup.py and "
-                         "CMakeLists.txt)", "Point --src at a vLLM checkout or unpacked sdist.")
+        raise TurboError(
+            f"--src {path}",
+            "is not a vLLM source tree (no setup.py and CMakeLists.txt)",
+            "Point --src at a vLLM checkout or unpacked sdist.",
+        )
     head = head_commit(path, runner)
     if head is not None:
         if ref is not None and ref != head:
             want = require_commit_hash(ref)
             if want != head:
-                raise TurboError(f"--src {path}", f"HEAD is {head}, --ref asks for {want}",
-                                 f"Check out {want[:12]} there, or drop --ref to build HEAD.")
+                raise TurboError(
+                    f"--src {path}",
+                    f"HEAD is {head}, --ref asks for {want}",
+                    f"Check out {want[:12]} there, or drop --ref to build HEAD.",
+                )
         return SourceTree(path, "git", head, head)
     version = sdist_version(path)
     if version is None:
-        raise TurboError(f"--src {path}", "has neither git metadata nor PKG-INFO, so what it "
-                         "holds cannot be named", "Use a git checkout or an unpacked sdist.")
+        raise TurboError(
+            f"--src {path}",
+            "has neither git metadata nor PKG-INFO, so what it holds cannot be named",
+            "Use a git checkout or an unpacked sdist.",
+        )
     if ref is not None and ref != version:
-        raise TurboError(f"--src {path}", f"is the vLLM {version} sdist, --ref asks for {ref}",
-                         f"Drop --ref or pass --ref {version}.")
+        raise TurboError(
+            f"--src {path}",
+            f"is the vLLM {version} sdist, --ref asks for {ref}",
+            f"Drop --ref or pass --ref {version}.",
+        )
     return SourceTree(path, "sdist", version, None)

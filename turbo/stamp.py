@@ -24,8 +24,17 @@ SCHEMA = 1
 OK, FAILED, BUILDING = "ok", "failed", "building"
 
 # What makes two builds the same build: two TP=2 nodes must agree on every one of these.
-IDENTITY_FIELDS = ("commit", "patch_digest", "arch_list", "target", "torch", "cuda", "machine",
-                   "python", "vllm_version")
+IDENTITY_FIELDS = (
+    "commit",
+    "patch_digest",
+    "arch_list",
+    "target",
+    "torch",
+    "cuda",
+    "machine",
+    "python",
+    "vllm_version",
+)
 
 
 def canonical(data: Mapping[str, Any]) -> str:
@@ -83,7 +92,8 @@ def unchanged(stamp: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> str
         return None
     changed = sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
     return "inputs changed: " + ", ".join(
-        f"{k} {_short(old.get(k))} -> {_short(inputs.get(k))}" for k in changed)
+        f"{k} {_short(old.get(k))} -> {_short(inputs.get(k))}" for k in changed
+    )
 
 
 def _short(value: Any) -> str:
@@ -106,23 +116,33 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, 
     return [(k, ia[k], ib[k]) for k in IDENTITY_FIELDS if ia[k] != ib[k]]
 
 
-def require_same_build(local: Mapping[str, Any], remote: Mapping[str, Any], *,
-                       local_name: str = "this node", remote_name: str = "the other node") -> None:
+def require_same_build(
+    local: Mapping[str, Any],
+    remote: Mapping[str, Any],
+    *,
+    local_name: str = "this node",
+    remote_name: str = "the other node",
+) -> None:
     """Stop with both digests and every differing field when two nodes built differently."""
     diff = compare(local, remote)
     if not diff:
         return
     fields = "; ".join(f"{k}: {_short(x)} vs {_short(y)}" for k, x, y in diff)
-    raise TurboError("same build on both nodes",
-                     f"{local_name} has build {identity_digest(local)[:16]}, {remote_name} has "
-                     f"{identity_digest(remote)[:16]} ({fields})",
-                     "Install the same wheel on both (`invoke wheel` on one, `invoke "
-                     "install-wheel` on the other) and retry.")
+    raise TurboError(
+        "same build on both nodes",
+        f"{local_name} has build {identity_digest(local)[:16]}, {remote_name} has "
+        f"{identity_digest(remote)[:16]} ({fields})",
+        "Install the same wheel on both (`invoke wheel` on one, `invoke "
+        "install-wheel` on the other) and retry.",
+    )
 
 
 def require_ok(stamp: Mapping[str, Any] | None, where: Path | None = None) -> Mapping[str, Any]:
     if stamp is None or stamp.get("result") != OK:
         state = "missing" if stamp is None else f"result {stamp.get('result')!r}"
-        raise TurboError(f"build stamp {where or paths.stamp_path()}", f"is {state}",
-                         "Run `pixi run build-vllm` first.")
+        raise TurboError(
+            f"build stamp {where or paths.stamp_path()}",
+            f"is {state}",
+            "Run `pixi run build-vllm` first.",
+        )
     return stamp

@@ -67,8 +67,11 @@ class Toolchain:
     vllm_installed: str | None = None
 
     def versions(self) -> dict[str, str | None]:
-        return {k: v for k, v in asdict(self).items()
-                if k not in ("python", "torch_error", "vllm_installed")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("python", "torch_error", "vllm_installed")
+        }
 
 
 def _fail(what: str, why: str, fix: str) -> TurboError:
@@ -84,8 +87,11 @@ def probe_python(host: doctor.Host, python: str) -> dict[str, str | None]:
     except ValueError:
         data = None
     if rc != 0 or not isinstance(data, dict):
-        raise _fail("python", f"{python} did not run ({out.strip()[:200] or f'exit {rc}'})",
-                    "Run inside the pixi environment (`pixi run build-vllm`) or pass --python.")
+        raise _fail(
+            "python",
+            f"{python} did not run ({out.strip()[:200] or f'exit {rc}'})",
+            "Run inside the pixi environment (`pixi run build-vllm`) or pass --python.",
+        )
     return {str(k): (None if v is None else str(v)) for k, v in data.items()}
 
 
@@ -96,8 +102,9 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups() if g is not None)
 
 
-def quick_probe(pins: Pins, *, python: str, target: str,
-                host: doctor.Host | None = None) -> Toolchain:
+def quick_probe(
+    pins: Pins, *, python: str, target: str, host: doctor.Host | None = None
+) -> Toolchain:
     """Versions only, no verdicts: what the no-op check compares with the stamp (fast)."""
     h = host or doctor.Host()
     py = probe_python(h, python)
@@ -107,10 +114,18 @@ def quick_probe(pins: Pins, *, python: str, target: str,
         rc, out = h.run([nvcc, "--version"])
         if rc == 0 and "release " in out:
             cuda = out.split("release ", 1)[1].split(",")[0].strip()
-    return Toolchain(target=target, python=python, python_version=py.get("python") or "",
-                     machine=py.get("machine") or "", torch=py.get("torch") or "",
-                     torch_cuda=py.get("torch_cuda"), nvcc=nvcc, cuda=cuda,
-                     torch_error=py.get("torch_error"), vllm_installed=py.get("vllm"))
+    return Toolchain(
+        target=target,
+        python=python,
+        python_version=py.get("python") or "",
+        machine=py.get("machine") or "",
+        torch=py.get("torch") or "",
+        torch_cuda=py.get("torch_cuda"),
+        nvcc=nvcc,
+        cuda=cuda,
+        torch_error=py.get("torch_error"),
+        vllm_installed=py.get("vllm"),
+    )
 
 
 def _tool_version(host: doctor.Host, tool: str, name: str, fix: str) -> tuple[str, str]:
@@ -124,58 +139,91 @@ def _tool_version(host: doctor.Host, tool: str, name: str, fix: str) -> tuple[st
     return path, first
 
 
-def check_toolchain(pins: Pins, *, python: str, target: str, need_disk_gb: float | None = None,
-                    host: doctor.Host | None = None) -> Toolchain:
+def check_toolchain(
+    pins: Pins,
+    *,
+    python: str,
+    target: str,
+    need_disk_gb: float | None = None,
+    host: doctor.Host | None = None,
+) -> Toolchain:
     """Every check the build needs, in the order a user would fix them; the first failure
     raises :class:`TurboError` with what to do."""
     if target not in TARGETS:
-        raise TurboError("build target", f"unknown target {target!r}",
-                         f"Use one of: {', '.join(TARGETS)}.")
+        raise TurboError(
+            "build target", f"unknown target {target!r}", f"Use one of: {', '.join(TARGETS)}."
+        )
     h = host or doctor.Host()
     tc = quick_probe(pins, python=python, target=target, host=h)
     if tc.torch_error or not tc.torch:
-        raise _fail("torch", f"torch is not importable by {python} "
-                    f"({tc.torch_error or 'not installed'})",
-                    f"Install the pinned torch {pins.toolchain.torch} (the pixi environment has "
-                    "it: `pixi install`).")
+        raise _fail(
+            "torch",
+            f"torch is not importable by {python} ({tc.torch_error or 'not installed'})",
+            f"Install the pinned torch {pins.toolchain.torch} (the pixi environment has "
+            "it: `pixi install`).",
+        )
     fields: dict[str, str | None] = {}
     if target == "cuda":
         want_torch, want_cuda = pins.toolchain.torch, pins.toolchain.cuda
         if tc.torch.split("+")[0] != want_torch:
-            raise _fail("torch", f"torch {tc.torch} is installed, the pin is {want_torch}",
-                        "Use the pixi environment (`pixi install` restores the pin); a build "
-                        "against another torch would not load with the pinned one.")
+            raise _fail(
+                "torch",
+                f"torch {tc.torch} is installed, the pin is {want_torch}",
+                "Use the pixi environment (`pixi install` restores the pin); a build "
+                "against another torch would not load with the pinned one.",
+            )
         if tc.torch_cuda != want_cuda:
             built_for = tc.torch_cuda or "none (CPU build)"
-            raise _fail("torch", f"torch {tc.torch} is built for CUDA {built_for}, want CUDA "
-                        f"{want_cuda}",
-                        f"Install torch from {pins.toolchain.torch_index} (the pixi environment "
-                        "does).")
+            raise _fail(
+                "torch",
+                f"torch {tc.torch} is built for CUDA {built_for}, want CUDA {want_cuda}",
+                f"Install torch from {pins.toolchain.torch_index} (the pixi environment does).",
+            )
         if not tc.nvcc:
-            raise _fail("nvcc", "nvcc not found (neither $CUDA_HOME/bin nor PATH)",
-                        "Run inside the pixi environment or set CUDA_HOME to a CUDA 13 toolkit.")
+            raise _fail(
+                "nvcc",
+                "nvcc not found (neither $CUDA_HOME/bin nor PATH)",
+                "Run inside the pixi environment or set CUDA_HOME to a CUDA 13 toolkit.",
+            )
         if not tc.cuda or tc.cuda.split(".")[0] != want_cuda.split(".")[0]:
-            raise _fail("nvcc", f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
-                        "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).")
+            raise _fail(
+                "nvcc",
+                f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
+                "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).",
+            )
         ptx = doctor.check_ptxas_sm121a(h)
         if ptx.status != doctor.PASS:
             raise _fail("ptxas", ptx.detail, ptx.fix)
-        gcc_path, gcc_line = _tool_version(h, "gcc", "gcc", "Install gcc 14 (the pixi "
-                                           "environment has it).")
+        gcc_path, gcc_line = _tool_version(
+            h, "gcc", "gcc", "Install gcc 14 (the pixi environment has it)."
+        )
         major = (_version_tuple(gcc_line.split(")")[-1] or gcc_line) or (0,))[0]
         if not GCC_RANGE[0] <= major <= GCC_RANGE[1]:
-            raise _fail("gcc", f"gcc {major} at {gcc_path}: nvcc {tc.cuda} accepts gcc "
-                        f"{GCC_RANGE[0]}-{GCC_RANGE[1]}", "Use the pixi environment's gcc 14.")
+            raise _fail(
+                "gcc",
+                f"gcc {major} at {gcc_path}: nvcc {tc.cuda} accepts gcc "
+                f"{GCC_RANGE[0]}-{GCC_RANGE[1]}",
+                "Use the pixi environment's gcc 14.",
+            )
         fields["gcc"] = gcc_line
-        cmake_path, cmake_line = _tool_version(h, "cmake", "cmake", "Install cmake >= 3.26 "
-                                               "(the pixi environment has it).")
+        cmake_path, cmake_line = _tool_version(
+            h, "cmake", "cmake", "Install cmake >= 3.26 (the pixi environment has it)."
+        )
         if _version_tuple(cmake_line)[:2] < MIN_CMAKE:
-            raise _fail("cmake", f"{cmake_line} at {cmake_path} is older than 3.26",
-                        "Use the pixi environment's cmake.")
+            raise _fail(
+                "cmake",
+                f"{cmake_line} at {cmake_path} is older than 3.26",
+                "Use the pixi environment's cmake.",
+            )
         fields["cmake"] = cmake_line
-        _, ninja_line = _tool_version(h, "ninja", "ninja", "Install ninja (the pixi environment "
-                                      "has it); without it the build is serial and has no "
-                                      "progress count.")
+        _, ninja_line = _tool_version(
+            h,
+            "ninja",
+            "ninja",
+            "Install ninja (the pixi environment "
+            "has it); without it the build is serial and has no "
+            "progress count.",
+        )
         fields["ninja"] = ninja_line
         fields["ccache"] = h.which("ccache")
         fields["cuobjdump"] = doctor.find_cuda_tool(h, "cuobjdump")
@@ -183,9 +231,12 @@ def check_toolchain(pins: Pins, *, python: str, target: str, need_disk_gb: float
     where = paths.state_dir()
     free = h.disk_free_gb(where)
     if free < need:
-        raise _fail("disk", f"{free:.0f} GB free at {paths.nearest_existing(where)}, the build "
-                    f"needs ~{need:.0f} GB", "Free space there or move the state directory "
-                    "with TURBO_HOME.")
+        raise _fail(
+            "disk",
+            f"{free:.0f} GB free at {paths.nearest_existing(where)}, the build "
+            f"needs ~{need:.0f} GB",
+            "Free space there or move the state directory with TURBO_HOME.",
+        )
     return Toolchain(**{**asdict(tc), **fields})
 
 

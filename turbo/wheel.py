@@ -39,8 +39,18 @@ def stamp_for(wheel: Path) -> Path:
 
 
 def wheel_argv(python: str, src: Path, out: Path) -> list[str]:
-    return [python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w",
-            str(out), str(src)]
+    return [
+        python,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        str(out),
+        str(src),
+    ]
 
 
 @dataclass
@@ -50,14 +60,18 @@ class WheelResult:
     stamp: dict[str, Any]
 
 
-def make_wheel(dest: Path, *, python: str, echo: build.Echo = print,
-               dry_run: bool = False) -> WheelResult | list[str]:
+def make_wheel(
+    dest: Path, *, python: str, echo: build.Echo = print, dry_run: bool = False
+) -> WheelResult | list[str]:
     """Wheel the tree the stamp describes, with the build's own environment: the CMake build
     directory is reused, so nothing is compiled again. Returns the argv when ``dry_run``."""
     built = dict(stamp.require_ok(stamp.read_stamp()))
     if "installed_from" in built:
-        raise TurboError("wheel", "this node's vLLM was installed from a wheel, not built here",
-                         f"Copy that wheel instead: {built['installed_from'].get('wheel')}.")
+        raise TurboError(
+            "wheel",
+            "this node's vLLM was installed from a wheel, not built here",
+            f"Copy that wheel instead: {built['installed_from'].get('wheel')}.",
+        )
     src = Path(built["source"]["path"])
     env = {k: str(v) for k, v in built.get("flags", {}).get("env", {}).items()}
     argv = wheel_argv(python, src, dest)
@@ -70,8 +84,9 @@ def make_wheel(dest: Path, *, python: str, echo: build.Echo = print,
     try:
         with TaskLog("wheel") as log:
             echo(f"log: {log.path}")
-            build.run_step(build.Step("wheel", wheel_argv(python, src, scratch), src, env),
-                           log, echo)
+            build.run_step(
+                build.Step("wheel", wheel_argv(python, src, scratch), src, env), log, echo
+            )
         made = sorted(scratch.glob("vllm-*.whl"))
         if len(made) != 1:
             raise TurboError("wheel", f"pip produced {len(made)} vLLM wheels", "See the log.")
@@ -79,8 +94,12 @@ def make_wheel(dest: Path, *, python: str, echo: build.Echo = print,
         os.replace(made[0], final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    record = {**built, "wheel": final.name, "wheel_sha256": sha256_file(final),
-              "wheel_made_at": stamp.now_iso()}
+    record = {
+        **built,
+        "wheel": final.name,
+        "wheel_sha256": sha256_file(final),
+        "wheel_made_at": stamp.now_iso(),
+    }
     spath = stamp.write_stamp(record, stamp_for(final))
     echo(f"wheel {final}\nstamp {spath} (sha256 {record['wheel_sha256'][:16]})")
     return WheelResult(final, spath, record)
@@ -103,51 +122,80 @@ def _fetch(url: str) -> Path:
             os.replace(tmp, dst)
         except requests.RequestException as exc:
             tmp.unlink(missing_ok=True)
-            raise TurboError(f"download of {src}", str(exc), "Check the URL (the stamp must "
-                             f"sit beside the wheel as {name}{STAMP_SUFFIX}).") from exc
+            raise TurboError(
+                f"download of {src}",
+                str(exc),
+                f"Check the URL (the stamp must sit beside the wheel as {name}{STAMP_SUFFIX}).",
+            ) from exc
     return dest
 
 
-def check_wheel(wheel: Path, pins: Pins, *, python: str, target: str = "cuda",
-                host: doctor.Host | None = None) -> dict[str, Any]:
+def check_wheel(
+    wheel: Path, pins: Pins, *, python: str, target: str = "cuda", host: doctor.Host | None = None
+) -> dict[str, Any]:
     """The wheel's stamp, if this environment can run that build; else one refusal line."""
     spath = stamp_for(wheel)
     if not wheel.is_file():
         raise TurboError(f"wheel {wheel}", "does not exist", "Check the path.")
     rec = stamp.read_stamp(spath)
     if rec is None or rec.get("result") != stamp.OK or "wheel_sha256" not in rec:
-        raise TurboError(f"wheel {wheel.name}", f"has no usable stamp beside it ({spath.name})",
-                         "Copy the .turbo.json made with the wheel too (`invoke wheel`).")
+        raise TurboError(
+            f"wheel {wheel.name}",
+            f"has no usable stamp beside it ({spath.name})",
+            "Copy the .turbo.json made with the wheel too (`invoke wheel`).",
+        )
     got = sha256_file(wheel)
     if got != rec["wheel_sha256"] or rec.get("wheel") != wheel.name:
-        raise TurboError(f"wheel {wheel.name}", f"sha256 {got[:16]} does not match its stamp's "
-                         f"{str(rec['wheel_sha256'])[:16]} (changed or damaged since it was "
-                         "built)", "Copy it again from the build node; never edit a wheel.")
+        raise TurboError(
+            f"wheel {wheel.name}",
+            f"sha256 {got[:16]} does not match its stamp's "
+            f"{str(rec['wheel_sha256'])[:16]} (changed or damaged since it was "
+            "built)",
+            "Copy it again from the build node; never edit a wheel.",
+        )
     tc = toolchain.quick_probe(pins, python=python, target="empty", host=host)
-    checks = (("machine", rec.get("machine"), tc.machine),
-              ("torch", rec.get("torch"), tc.torch),
-              ("CUDA (torch's)", rec.get("cuda"), tc.torch_cuda),
-              ("build target", rec.get("target"), target))
+    checks = (
+        ("machine", rec.get("machine"), tc.machine),
+        ("torch", rec.get("torch"), tc.torch),
+        ("CUDA (torch's)", rec.get("cuda"), tc.torch_cuda),
+        ("build target", rec.get("target"), target),
+    )
     for what, theirs, ours in checks:
         if theirs != ours:
-            raise TurboError(f"wheel {wheel.name}", f"was built for {what} {theirs}, this "
-                             f"environment has {ours}", "Build on a node with the same pinned "
-                             "environment, or fix this one (`pixi install`).")
+            raise TurboError(
+                f"wheel {wheel.name}",
+                f"was built for {what} {theirs}, this environment has {ours}",
+                "Build on a node with the same pinned "
+                "environment, or fix this one (`pixi install`).",
+            )
     if target == "cuda" and not (rec.get("cubins") or {}).get("gb10"):
-        raise TurboError(f"wheel {wheel.name}", "its stamp records no GB10 cubin "
-                         f"({', '.join(build.GB10_CUBINS)})", "Rebuild with "
-                         f"TORCH_CUDA_ARCH_LIST={pins.toolchain.arch_list}.")
+        raise TurboError(
+            f"wheel {wheel.name}",
+            f"its stamp records no GB10 cubin ({', '.join(build.GB10_CUBINS)})",
+            f"Rebuild with TORCH_CUDA_ARCH_LIST={pins.toolchain.arch_list}.",
+        )
     return dict(rec)
 
 
 def install_argv(python: str, wheel: Path, constraints: Path, no_deps: bool) -> list[str]:
-    return [python, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheel)] \
-        if no_deps else [python, "-m", "pip", "install", str(wheel), "-c", str(constraints)]
+    return (
+        [python, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheel)]
+        if no_deps
+        else [python, "-m", "pip", "install", str(wheel), "-c", str(constraints)]
+    )
 
 
-def install_wheel(where: str, pins: Pins, *, python: str, target: str = "cuda",
-                  no_deps: bool = False, dry_run: bool = False, echo: build.Echo = print,
-                  host: doctor.Host | None = None) -> dict[str, Any]:
+def install_wheel(
+    where: str,
+    pins: Pins,
+    *,
+    python: str,
+    target: str = "cuda",
+    no_deps: bool = False,
+    dry_run: bool = False,
+    echo: build.Echo = print,
+    host: doctor.Host | None = None,
+) -> dict[str, Any]:
     """Check, install (torch held by a constraint) and record the wheel's stamp here."""
     wheel = _fetch(where) if "://" in where else Path(where).absolute()
     rec = check_wheel(wheel, pins, python=python, target=target, host=host)
@@ -162,13 +210,25 @@ def install_wheel(where: str, pins: Pins, *, python: str, target: str = "cuda",
         build.run_step(build.Step("install wheel", argv, paths.state_dir()), log, echo)
     installed = toolchain.quick_probe(pins, python=python, target="empty", host=host)
     if installed.vllm_installed != rec.get("vllm_version"):
-        raise TurboError("install-wheel", f"installed vLLM is {installed.vllm_installed}, the "
-                         f"stamp says {rec.get('vllm_version')}", "See the log.")
-    record = {**rec, "installed_from": {"wheel": str(wheel), "sha256": rec["wheel_sha256"],
-                                        "at": stamp.now_iso()}}
+        raise TurboError(
+            "install-wheel",
+            f"installed vLLM is {installed.vllm_installed}, the "
+            f"stamp says {rec.get('vllm_version')}",
+            "See the log.",
+        )
+    record = {
+        **rec,
+        "installed_from": {
+            "wheel": str(wheel),
+            "sha256": rec["wheel_sha256"],
+            "at": stamp.now_iso(),
+        },
+    }
     stamp.write_stamp(record)
-    echo(f"installed {wheel.name}; stamp recorded at {paths.stamp_path()} "
-         f"(build {stamp.identity_digest(record)[:16]})")
+    echo(
+        f"installed {wheel.name}; stamp recorded at {paths.stamp_path()} "
+        f"(build {stamp.identity_digest(record)[:16]})"
+    )
     return record
 
 
