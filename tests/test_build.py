@@ -4,6 +4,7 @@ analysis, stamp decisions and the --dry-run plan."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -327,3 +328,42 @@ def test_bad_ref_is_one_line_and_nonzero() -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "full 40-hex commit hash" in proc.stderr
 
+
+
+# --------------------------------------------------------------------------- two nodes (#8)
+NODE = {"result": "ok", "commit": PINS.vllm.commit, "patch_digest": "p" * 64, "arch_list": "12.1a",
+        "target": "cuda", "torch": "2.10.0+cu130", "cuda": "13.0", "machine": "aarch64",
+        "python": "3.12.11", "vllm_version": "0.16.0rc2.dev236+g3b30e6150.cu130",
+        "finished_at": "2026-11-26T10:00:00+0000", "source": {"path": "/home/a/.turbo/vllm"}}
+
+
+def test_same_build_on_two_nodes_passes_despite_paths_and_times() -> None:
+    other = {**NODE, "finished_at": "2026-11-27T09:00:00+0000", "source": {"path": "/b/vllm"}}
+    assert stamp.compare(NODE, other) == []
+    assert stamp.identity_digest(NODE) == stamp.identity_digest(other)
+    stamp.require_same_build(NODE, other)
+
+
+@pytest.mark.parametrize("key", stamp.IDENTITY_FIELDS)
+def test_each_differing_field_stops_the_launch_with_both_digests(key: str) -> None:
+    other = {**NODE, key: "something-else"}
+    assert stamp.compare(NODE, other) == [(key, NODE[key], "something-else")]
+    with pytest.raises(TurboError) as err:
+        stamp.require_same_build(NODE, other, local_name="head", remote_name="worker")
+    line = err.value.line()
+    assert stamp.identity_digest(NODE)[:16] in line and stamp.identity_digest(other)[:16] in line
+    assert f"{key}: " in line and "install-wheel" in err.value.fix
+
+
+def test_build_stamp_task_compares_files(tmp_path: Path) -> None:
+    stamp.write_stamp(NODE)
+    other = tmp_path / "worker.json"
+    stamp.write_stamp({**NODE, "torch": "2.10.1+cu130"}, other)
+    env = {**os.environ, "TURBO_HOME": str(paths.state_dir())}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build-stamp", "--compare", str(other)],
+                          cwd=REPO, text=True, capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "torch: 2.10.0+cu130 vs 2.10.1+cu130" in proc.stderr
+    stamp.write_stamp(NODE, other)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build-stamp", "--compare", str(other)],
+                          cwd=REPO, text=True, capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "same build" in proc.stdout
