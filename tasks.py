@@ -588,14 +588,16 @@ def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool 
     "repeats": "Alternating kernel/copy repeats; the best of each is kept (default 3).",
     "variants": "Comma-separated conversions: none,turbo,chain,cuda (default all four).",
     "dtypes": "Comma-separated input dtypes: bfloat16,float16 (default both).",
+    "layouts": "Comma-separated thread layouts: block,pair,warp,prefetch,flat "
+               "(default: the kernel's default).",
     "out": "Also write the result as JSON to this file.",
     "json": "Print JSON instead of the table.",
     "dry_run": "Print what would be built and run, and exit 0.",
 })
 def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int = 20,
                   repeats: int = 3, variants: str = "none,turbo,chain,cuda",
-                  dtypes: str = "bfloat16,float16", out: str = "", json: bool = False,
-                  dry_run: bool = False) -> None:
+                  dtypes: str = "bfloat16,float16", layouts: str = "", out: str = "",
+                  json: bool = False, dry_run: bool = False) -> None:
     """Benchmark the NVFP4 quantisation kernel per E2M1 conversion, as a share of a
     device-to-device copy moving the same bytes, on random data (any CUDA GPU)."""
     import dataclasses
@@ -607,12 +609,13 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
 
     vs = [v for v in variants.split(",") if v]
     ds = [d for d in dtypes.split(",") if d]
+    ls = [x for x in layouts.split(",") if x] or [kernels.DEFAULT_LAYOUT]
     if dry_run:
         print(f"build: torch.utils.cpp_extension.load({[str(p) for p in kernels.QUANT_SOURCES]},"
               f" build_directory={kernels.quant_build_dir()}/<name>)  [nvcc -O3 -std=c++17 "
               "-gencode for this GPU]")
         print(f"run:   bench_quant(rows={rows}, cols={cols}, iters={iters}, repeats={repeats}, "
-              f"variants={vs}, dtypes={ds})")
+              f"variants={vs}, dtypes={ds}, layouts={ls})")
         return
     with TaskLog("kernels-bench") as log:
         def say(line: str) -> None:
@@ -620,7 +623,7 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
             if not json:
                 print(line)
 
-        result = _guard(lambda: kernels.bench_quant(rows, cols, iters, repeats, vs, ds, say))
+        result = _guard(lambda: kernels.bench_quant(rows, cols, iters, repeats, vs, ds, say, ls))
         data = dataclasses.asdict(result)
         log.write(_json.dumps(data))
         if out:

@@ -35,6 +35,10 @@
 #define TURBO_NVFP4_MIN_CTAS 8
 #endif
 
+// CTAs per SM the launcher asks for (the device side caps registers for TURBO_NVFP4_MIN_CTAS;
+// on 1536-thread SMs the extra CTAs simply wait for a slot).
+#define TURBO_NVFP4_HOST_CTAS_PER_SM 8
+
 namespace {
 
 __device__ __forceinline__ float rcp_approx_ftz(float a) {
@@ -107,63 +111,224 @@ __device__ __forceinline__ int64_t swizzled_offset(int row, int k, int k_tiles) 
          ((row >> 5) & 3) << 2 | (k & 3);
 }
 
+// vLLM's per-block scale: amax (already reduced, as float) -> e4m3 bits and the output scale.
+__device__ __forceinline__ float block_scale(float amax, float gs, uint8_t& sf_byte) {
+  float sf = gs * (amax * rcp_approx_ftz(6.0f));
+  const __nv_fp8_e4m3 sf8(sf);  // cvt.rn.satfinite.e4m3: sf >= 0 or NaN here
+  sf_byte = sf8.__x;
+  sf = static_cast<float>(sf8);
+  return sf != 0.0f ? rcp_approx_ftz(sf * rcp_approx_ftz(gs)) : 0.0f;
+}
+
+// Scale 8 elements (4 pairs) and convert them: element i in nibble i.
 template <typename T, int CONV>
-__global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS) quant_kernel(int rows, int cols, const uint4* __restrict__ in,
-                                                    const float* __restrict__ global_scale,
-                                                    uint2* __restrict__ out,
-                                                    uint8_t* __restrict__ sf_swizzled,
-                                                    uint8_t* __restrict__ sf_linear) {
+__device__ __forceinline__ uint32_t scale_convert8(const typename Vec2<T>::type* e,
+                                                   float out_scale) {
+  float v[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = Vec2<T>::to_float2(e[j]);
+    v[2 * j] = f.x * out_scale;
+    v[2 * j + 1] = f.y * out_scale;
+  }
+  return convert8<CONV>(v);
+}
+
+// One 16-element block held by one thread: packed codes and the scale byte.
+template <typename T, int CONV>
+__device__ __forceinline__ uint2 quant_block(const uint4 (&raw)[2], float gs, uint8_t& sf_byte) {
   using T2 = typename Vec2<T>::type;
-  const int kb = cols / 16;  // scale blocks per row
-  const int k_tiles = (kb + 3) / 4;
-  const int64_t total = static_cast<int64_t>(rows) * kb;
+  const T2* e = reinterpret_cast<const T2*>(raw);
+  T2 m2 = __habs2(e[0]);
+#pragma unroll
+  for (int j = 1; j < 8; ++j) m2 = __hmax2(m2, __habs2(e[j]));
+  const float out_scale = block_scale(Vec2<T>::to_float(__hmax(m2.x, m2.y)), gs, sf_byte);
+  return make_uint2(scale_convert8<T, CONV>(e, out_scale), scale_convert8<T, CONV>(e + 4, out_scale));
+}
+
+struct Outputs {
+  uint2* out;
+  uint8_t* sf_swizzled;
+  uint8_t* sf_linear;
+  int kb;
+  int k_tiles;
+};
+
+__device__ __forceinline__ void store_block(const Outputs& o, int64_t idx, int row, int k,
+                                            uint2 packed, uint8_t sf_byte) {
+  o.out[idx] = packed;
+  if (o.sf_swizzled) o.sf_swizzled[swizzled_offset(row, k, o.k_tiles)] = sf_byte;
+  if (o.sf_linear) o.sf_linear[idx] = sf_byte;
+}
+
+// Layout 0: one thread per 16-element block, two 16-byte loads side by side (a warp's pair of
+// loads covers 1 KiB with a 32-byte stride each). No shuffle; the scale is computed once.
+template <typename T, int CONV>
+__global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
+    quant_kernel_block(int rows, const uint4* __restrict__ in, const float* __restrict__ global_scale,
+                       Outputs o) {
+  const int64_t total = static_cast<int64_t>(rows) * o.kb;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const float gs = *global_scale;
-
   // Walk (row, block) incrementally: no 64-bit division per iteration.
   int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int row_step = static_cast<int>(stride / kb);
-  const int col_step = static_cast<int>(stride % kb);
-  int row = static_cast<int>(idx / kb);
-  int k = static_cast<int>(idx % kb);
-
+  const int row_step = static_cast<int>(stride / o.kb);
+  const int col_step = static_cast<int>(stride % o.kb);
+  int row = static_cast<int>(idx / o.kb);
+  int k = static_cast<int>(idx % o.kb);
   for (; idx < total; idx += stride) {
-    // One thread per 16-element block: two 16-byte loads side by side (a warp's pair of loads
-    // covers 1 KiB contiguously), the amax needs no shuffle, and the scale is computed once.
     uint4 raw[2];
     raw[0] = __ldg(in + 2 * idx);
     raw[1] = __ldg(in + 2 * idx + 1);
-    const T2* e = reinterpret_cast<const T2*>(raw);
-
-    T2 m2 = __habs2(e[0]);
-#pragma unroll
-    for (int j = 1; j < 8; ++j) m2 = __hmax2(m2, __habs2(e[j]));
-    const float amax = Vec2<T>::to_float(__hmax(m2.x, m2.y));
-
-    float sf = gs * (amax * rcp_approx_ftz(6.0f));
-    const __nv_fp8_e4m3 sf8(sf);  // cvt.rn.satfinite.e4m3: sf >= 0 or NaN here
-    sf = static_cast<float>(sf8);
-    const float out_scale = sf != 0.0f ? rcp_approx_ftz(sf * rcp_approx_ftz(gs)) : 0.0f;
-
-    float v[16];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 f = Vec2<T>::to_float2(e[j]);
-      v[2 * j] = f.x * out_scale;
-      v[2 * j + 1] = f.y * out_scale;
-    }
-    const float(&lo)[8] = *reinterpret_cast<const float(*)[8]>(&v[0]);
-    const float(&hi)[8] = *reinterpret_cast<const float(*)[8]>(&v[8]);
-    out[idx] = make_uint2(convert8<CONV>(lo), convert8<CONV>(hi));
-
-    const uint8_t byte = sf8.__x;
-    if (sf_swizzled) sf_swizzled[swizzled_offset(row, k, k_tiles)] = byte;
-    if (sf_linear) sf_linear[idx] = byte;
-
+    uint8_t sf_byte;
+    const uint2 packed = quant_block<T, CONV>(raw, gs, sf_byte);
+    store_block(o, idx, row, k, packed, sf_byte);
     row += row_step;
     k += col_step;
-    if (k >= kb) {
-      k -= kb;
+    if (k >= o.kb) {
+      k -= o.kb;
+      ++row;
+    }
+  }
+}
+
+// Layout 3: layout 0 with the next iteration's loads issued before this one's arithmetic, so
+// each thread keeps 64 bytes in flight (more registers, fewer CTAs per SM).
+template <typename T, int CONV>
+__global__ void __launch_bounds__(256)
+    quant_kernel_prefetch(int rows, const uint4* __restrict__ in,
+                          const float* __restrict__ global_scale, Outputs o) {
+  const int64_t total = static_cast<int64_t>(rows) * o.kb;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float gs = *global_scale;
+  int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int row_step = static_cast<int>(stride / o.kb);
+  const int col_step = static_cast<int>(stride % o.kb);
+  int row = static_cast<int>(idx / o.kb);
+  int k = static_cast<int>(idx % o.kb);
+  uint4 cur[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+  if (idx < total) {
+    cur[0] = __ldg(in + 2 * idx);
+    cur[1] = __ldg(in + 2 * idx + 1);
+  }
+  for (; idx < total; idx += stride) {
+    const int64_t nxt = idx + stride;
+    uint4 next[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+    if (nxt < total) {
+      next[0] = __ldg(in + 2 * nxt);
+      next[1] = __ldg(in + 2 * nxt + 1);
+    }
+    uint8_t sf_byte;
+    const uint2 packed = quant_block<T, CONV>(cur, gs, sf_byte);
+    store_block(o, idx, row, k, packed, sf_byte);
+    cur[0] = next[0];
+    cur[1] = next[1];
+    row += row_step;
+    k += col_step;
+    if (k >= o.kb) {
+      k -= o.kb;
+      ++row;
+    }
+  }
+}
+
+// Layout 1: vLLM's own: 8 elements (16 bytes) per thread, fully coalesced loads, the two
+// threads of a block exchange their amax with one shuffle and each converts its half.
+template <typename T, int CONV>
+__global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
+    quant_kernel_pair(int rows, const uint4* __restrict__ in, const float* __restrict__ global_scale,
+                      Outputs o) {
+  using T2 = typename Vec2<T>::type;
+  const int halves = 2 * o.kb;
+  const int64_t total = static_cast<int64_t>(rows) * halves;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float gs = *global_scale;
+  uint32_t* out32 = reinterpret_cast<uint32_t*>(o.out);
+  int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int row_step = static_cast<int>(stride / halves);
+  const int col_step = static_cast<int>(stride % halves);
+  int row = static_cast<int>(idx / halves);
+  int col = static_cast<int>(idx % halves);
+  // A trip count equal for every thread keeps both lanes of each pair in the shuffle.
+  const int64_t trips = (total + stride - 1) / stride;
+  for (int64_t it = 0; it < trips; ++it) {
+    const bool active = idx < total;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (active) raw = __ldg(in + idx);
+    const T2* e = reinterpret_cast<const T2*>(&raw);
+    T2 m2 = __habs2(e[0]);
+#pragma unroll
+    for (int j = 1; j < 4; ++j) m2 = __hmax2(m2, __habs2(e[j]));
+    m2 = __hmax2(__shfl_xor_sync(0xFFFFFFFFu, m2, 1), m2);
+    uint8_t sf_byte;
+    const float out_scale = block_scale(Vec2<T>::to_float(__hmax(m2.x, m2.y)), gs, sf_byte);
+    const uint32_t packed = scale_convert8<T, CONV>(e, out_scale);
+    if (active) {
+      out32[idx] = packed;
+      if ((col & 1) == 0) {
+        const int k = col >> 1;
+        if (o.sf_swizzled) o.sf_swizzled[swizzled_offset(row, k, o.k_tiles)] = sf_byte;
+        if (o.sf_linear) o.sf_linear[static_cast<int64_t>(row) * o.kb + k] = sf_byte;
+      }
+    }
+    idx += stride;
+    row += row_step;
+    col += col_step;
+    if (col >= halves) {
+      col -= halves;
+      ++row;
+    }
+  }
+}
+
+// Layout 2: one thread per block, but the warp loads its 32 blocks (1 KiB) with two fully
+// coalesced 16-byte loads per lane and redistributes them with shuffles.
+template <typename T, int CONV>
+__global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
+    quant_kernel_warp(int rows, const uint4* __restrict__ in, const float* __restrict__ global_scale,
+                      Outputs o) {
+  const int lane = threadIdx.x & 31;
+  const int64_t total = static_cast<int64_t>(rows) * o.kb;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int64_t stride = warps * 32;  // blocks per grid step
+  const float gs = *global_scale;
+  int64_t base = (static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5)) * 32;
+  int64_t idx = base + lane;
+  const int row_step = static_cast<int>(stride / o.kb);
+  const int col_step = static_cast<int>(stride % o.kb);
+  int row = static_cast<int>(idx / o.kb);
+  int k = static_cast<int>(idx % o.kb);
+  const int src = (2 * lane) & 31;
+  const bool upper = lane >= 16;
+  for (; base < total; base += stride, idx += stride) {
+    // uint4 number q of this tile lives in lane q & 31 of load (q >> 5); block `lane` needs
+    // uint4s 2*lane and 2*lane + 1.
+    const int64_t q0 = 2 * base + lane;
+    const int64_t limit = 2 * total;
+    const uint4 a = q0 < limit ? __ldg(in + q0) : make_uint4(0, 0, 0, 0);
+    const uint4 b = q0 + 32 < limit ? __ldg(in + q0 + 32) : make_uint4(0, 0, 0, 0);
+    uint4 raw[2];
+    const uint32_t* aw = reinterpret_cast<const uint32_t*>(&a);
+    const uint32_t* bw = reinterpret_cast<const uint32_t*>(&b);
+    uint32_t* rw = reinterpret_cast<uint32_t*>(raw);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint32_t lo_a = __shfl_sync(0xFFFFFFFFu, aw[w], src);
+      const uint32_t lo_b = __shfl_sync(0xFFFFFFFFu, bw[w], src);
+      const uint32_t hi_a = __shfl_sync(0xFFFFFFFFu, aw[w], src + 1);
+      const uint32_t hi_b = __shfl_sync(0xFFFFFFFFu, bw[w], src + 1);
+      rw[w] = upper ? lo_b : lo_a;
+      rw[4 + w] = upper ? hi_b : hi_a;
+    }
+    if (idx < total) {
+      uint8_t sf_byte;
+      const uint2 packed = quant_block<T, CONV>(raw, gs, sf_byte);
+      store_block(o, idx, row, k, packed, sf_byte);
+    }
+    row += row_step;
+    k += col_step;
+    if (k >= o.kb) {
+      k -= o.kb;
       ++row;
     }
   }
@@ -203,28 +368,44 @@ __global__ void rcp_approx_kernel(const float* __restrict__ in, float* __restric
     out[i] = rcp_approx_ftz(in[i]);
 }
 
+template <typename T, int CONV>
+void launch_layout(int layout, int rows, const uint4* in, const float* gs, const Outputs& o,
+                   int num_sms, cudaStream_t stream) {
+  const int64_t blocks = static_cast<int64_t>(rows) * o.kb;
+  const int64_t threads = layout == TURBO_NVFP4_LAYOUT_PAIR ? 2 * blocks : blocks;
+  // Enough CTAs to fill every SM, no more than the work.
+  const int64_t want = (threads + 255) / 256;
+  // Layout 4 is layout 0 with one block per thread and no grid-stride loop (the hardware
+  // schedules CTAs as others finish); the others fill the SMs once and loop.
+  const int64_t cap = layout == TURBO_NVFP4_LAYOUT_FLAT
+                          ? int64_t(0x7FFFFFFF)
+                          : int64_t(num_sms) * TURBO_NVFP4_HOST_CTAS_PER_SM;
+  const int grid = static_cast<int>(want < cap ? want : cap);
+  if (layout == TURBO_NVFP4_LAYOUT_PREFETCH)
+    quant_kernel_prefetch<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
+  else if (layout == TURBO_NVFP4_LAYOUT_PAIR)
+    quant_kernel_pair<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
+  else if (layout == TURBO_NVFP4_LAYOUT_WARP)
+    quant_kernel_warp<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
+  else
+    quant_kernel_block<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
+}
+
 template <typename T>
-cudaError_t launch_typed(int conv, int rows, int cols, const void* in, const float* gs, void* out,
-                         uint8_t* sf_swizzled, uint8_t* sf_linear, int grid,
-                         cudaStream_t stream) {
-  const uint4* vin = static_cast<const uint4*>(in);
-  uint2* vout = static_cast<uint2*>(out);
+cudaError_t launch_typed(int conv, int layout, int rows, const uint4* in, const float* gs,
+                         const Outputs& o, int num_sms, cudaStream_t stream) {
   switch (conv) {
     case TURBO_NVFP4_CONV_TURBO:
-      quant_kernel<T, TURBO_NVFP4_CONV_TURBO>
-          <<<grid, 256, 0, stream>>>(rows, cols, vin, gs, vout, sf_swizzled, sf_linear);
+      launch_layout<T, TURBO_NVFP4_CONV_TURBO>(layout, rows, in, gs, o, num_sms, stream);
       break;
     case TURBO_NVFP4_CONV_CHAIN:
-      quant_kernel<T, TURBO_NVFP4_CONV_CHAIN>
-          <<<grid, 256, 0, stream>>>(rows, cols, vin, gs, vout, sf_swizzled, sf_linear);
+      launch_layout<T, TURBO_NVFP4_CONV_CHAIN>(layout, rows, in, gs, o, num_sms, stream);
       break;
     case TURBO_NVFP4_CONV_CUDA:
-      quant_kernel<T, TURBO_NVFP4_CONV_CUDA>
-          <<<grid, 256, 0, stream>>>(rows, cols, vin, gs, vout, sf_swizzled, sf_linear);
+      launch_layout<T, TURBO_NVFP4_CONV_CUDA>(layout, rows, in, gs, o, num_sms, stream);
       break;
     case TURBO_NVFP4_CONV_NONE:
-      quant_kernel<T, TURBO_NVFP4_CONV_NONE>
-          <<<grid, 256, 0, stream>>>(rows, cols, vin, gs, vout, sf_swizzled, sf_linear);
+      launch_layout<T, TURBO_NVFP4_CONV_NONE>(layout, rows, in, gs, o, num_sms, stream);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -234,29 +415,24 @@ cudaError_t launch_typed(int conv, int rows, int cols, const void* in, const flo
 
 }  // namespace
 
-cudaError_t turbo_nvfp4_quant(int dtype, int conv, int rows, int cols, const void* in,
-                              const float* global_scale, void* out, uint8_t* sf_swizzled,
-                              uint8_t* sf_linear, int num_sms, cudaStream_t stream) {
+cudaError_t turbo_nvfp4_quant(int dtype, int conv, int layout, int rows, int cols,
+                              const void* in, const float* global_scale, void* out,
+                              uint8_t* sf_swizzled, uint8_t* sf_linear, int num_sms,
+                              cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || cols % 16 != 0) return cudaErrorInvalidValue;
-  const int64_t threads = static_cast<int64_t>(rows) * (cols / 16);
-  // Enough CTAs to fill every SM (8 x 256 threads = full occupancy), no more than the work.
-  const int64_t want = (threads + 255) / 256;
-  const int grid = static_cast<int>(want < int64_t(num_sms) * 8 ? want : int64_t(num_sms) * 8);
-  if (sf_swizzled) {
-    const int kb = cols / 16;
-    const bool padded = (rows % 128) != 0 || (kb % 4) != 0;
-    if (padded) {
-      zero_padding_kernel<<<num_sms, 256, 0, stream>>>(rows, cols, sf_swizzled);
-      const cudaError_t e = cudaGetLastError();
-      if (e != cudaSuccess) return e;
-    }
+  if (layout < 0 || layout > TURBO_NVFP4_LAYOUT_FLAT) return cudaErrorInvalidValue;
+  const int kb = cols / 16;
+  const Outputs o{static_cast<uint2*>(out), sf_swizzled, sf_linear, kb, (kb + 3) / 4};
+  if (sf_swizzled && ((rows % 128) != 0 || (kb % 4) != 0)) {
+    zero_padding_kernel<<<num_sms, 256, 0, stream>>>(rows, cols, sf_swizzled);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
   }
+  const uint4* vin = static_cast<const uint4*>(in);
   if (dtype == TURBO_NVFP4_DTYPE_F16)
-    return launch_typed<__half>(conv, rows, cols, in, global_scale, out, sf_swizzled, sf_linear,
-                                grid, stream);
+    return launch_typed<__half>(conv, layout, rows, vin, global_scale, o, num_sms, stream);
   if (dtype == TURBO_NVFP4_DTYPE_BF16)
-    return launch_typed<__nv_bfloat16>(conv, rows, cols, in, global_scale, out, sf_swizzled,
-                                       sf_linear, grid, stream);
+    return launch_typed<__nv_bfloat16>(conv, layout, rows, vin, global_scale, o, num_sms, stream);
   return cudaErrorInvalidValue;
 }
 

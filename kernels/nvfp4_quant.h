@@ -13,12 +13,20 @@
 #define TURBO_NVFP4_CONV_CUDA 2   // CUDA's __nv_cvt_float2_to_fp4x2
 #define TURBO_NVFP4_CONV_NONE 3   // no conversion: the ceiling
 
+// Thread layouts (the benchmark compares them; kernels/nvfp4_quant.cu explains each).
+#define TURBO_NVFP4_LAYOUT_BLOCK 0  // one thread per 16-element block, 32-byte strided loads
+#define TURBO_NVFP4_LAYOUT_PAIR 1   // vLLM's: 8 elements per thread, amax shuffle
+#define TURBO_NVFP4_LAYOUT_WARP 2   // one thread per block, coalesced loads + shuffles
+#define TURBO_NVFP4_LAYOUT_PREFETCH 3  // layout 0, next loads issued before the arithmetic
+#define TURBO_NVFP4_LAYOUT_FLAT 4      // layout 0, one block per thread, no grid-stride loop
+
 // in: [rows, cols] fp16/bf16, row-major, 16-byte aligned, cols % 16 == 0.
 // out: [rows, cols / 2] bytes; sf_swizzled: [round_up(rows, 128), round_up(cols / 16, 4)] bytes
 // or null; sf_linear: [rows, cols / 16] bytes or null. global_scale: one float on the device.
-cudaError_t turbo_nvfp4_quant(int dtype, int conv, int rows, int cols, const void* in,
-                              const float* global_scale, void* out, uint8_t* sf_swizzled,
-                              uint8_t* sf_linear, int num_sms, cudaStream_t stream);
+cudaError_t turbo_nvfp4_quant(int dtype, int conv, int layout, int rows, int cols,
+                              const void* in, const float* global_scale, void* out,
+                              uint8_t* sf_swizzled, uint8_t* sf_linear, int num_sms,
+                              cudaStream_t stream);
 
 // rcp.approx.ftz.f32 elementwise: the one non-IEEE step of vLLM's algorithm, exposed so that the
 // tests' reference can use the very same instruction.

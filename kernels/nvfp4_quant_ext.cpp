@@ -18,7 +18,7 @@ uint8_t* bytes_or_null(const std::optional<torch::Tensor>& t) {
 
 void quantize(const torch::Tensor& input, const torch::Tensor& global_scale, const torch::Tensor& out,
               const std::optional<torch::Tensor>& sf_swizzled,
-              const std::optional<torch::Tensor>& sf_linear, int64_t conv) {
+              const std::optional<torch::Tensor>& sf_linear, int64_t conv, int64_t layout) {
   TORCH_CHECK(input.is_cuda() && input.dim() == 2 && input.is_contiguous(),
               "input must be a contiguous 2-D CUDA tensor");
   TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
@@ -53,7 +53,7 @@ void quantize(const torch::Tensor& input, const torch::Tensor& global_scale, con
                                      input.get_device()) == cudaSuccess,
               "cannot read the multiprocessor count");
   const cudaError_t err = turbo_nvfp4_quant(
-      dtype, static_cast<int>(conv), static_cast<int>(rows), static_cast<int>(cols),
+      dtype, static_cast<int>(conv), static_cast<int>(layout), static_cast<int>(rows), static_cast<int>(cols),
       input.data_ptr(), global_scale.data_ptr<float>(), out.data_ptr(), bytes_or_null(sf_swizzled),
       bytes_or_null(sf_linear), sms, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "turbo_nvfp4_quant: ", cudaGetErrorString(err));

@@ -37,6 +37,10 @@ QUANT_SOURCES = (
 
 # Conversion variants of the quantisation kernel (kernels/nvfp4_quant.h).
 VARIANTS: dict[str, int] = {"turbo": 0, "chain": 1, "cuda": 2, "none": 3}
+# Thread layouts of the quantisation kernel (kernels/nvfp4_quant.h). DEFAULT_LAYOUT is the one
+# that measured fastest on the H100 (BENCHMARKS.md); all are tested bit-exact.
+LAYOUTS: dict[str, int] = {"block": 0, "pair": 1, "warp": 2, "prefetch": 3, "flat": 4}
+DEFAULT_LAYOUT = "pair"
 VARIANT_LABELS: dict[str, str] = {
     "turbo": "turbo_e2m1x8 (software magic-add unless the target has cvt)",
     "chain": "seed's comparison chain",
@@ -468,13 +472,20 @@ class Quantized:
 
 
 def nvfp4_quantize(
-    x: Any, global_scale: Any, variant: str = "turbo", linear: bool = True, ext: Any = None
+    x: Any,
+    global_scale: Any,
+    variant: str = "turbo",
+    linear: bool = True,
+    ext: Any = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> Quantized:
     """Quantise a 2-D fp16/bf16 CUDA tensor with vLLM 0.16's NVFP4 algorithm."""
     import torch
 
     if variant not in VARIANTS:
         raise UsageError("variant", f"{variant!r} is unknown", f"Use one of {sorted(VARIANTS)}.")
+    if layout not in LAYOUTS:
+        raise UsageError("layout", f"{layout!r} is unknown", f"Use one of {sorted(LAYOUTS)}.")
     if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16) or not x.is_cuda:
         raise UsageError(
             "input",
@@ -497,7 +508,7 @@ def nvfp4_quantize(
         ((rows + 127) // 128 * 128, (kb + 3) // 4 * 4), dtype=torch.uint8, device=x.device
     )
     sfl = torch.empty((rows, kb), dtype=torch.uint8, device=x.device) if linear else None
-    ext.quantize(x, gs, data, sfs, sfl, VARIANTS[variant])
+    ext.quantize(x, gs, data, sfs, sfl, VARIANTS[variant], LAYOUTS[layout])
     return Quantized(data, sfs, sfl)
 
 
@@ -505,6 +516,7 @@ def nvfp4_quantize(
 @dataclass(frozen=True)
 class BenchRow:
     variant: str
+    layout: str
     dtype: str
     ms: float
     gbps: float
@@ -537,9 +549,11 @@ def _time_ms(fn: Callable[[], None], iters: int) -> float:
     return float(start.elapsed_time(end)) / iters
 
 
-def _quant_call(ext: Any, x: Any, gs: Any, data: Any, sfs: Any, code: int) -> Callable[[], None]:
+def _quant_call(
+    ext: Any, x: Any, gs: Any, data: Any, sfs: Any, code: int, layout: int
+) -> Callable[[], None]:
     def call() -> None:
-        ext.quantize(x, gs, data, sfs, None, code)
+        ext.quantize(x, gs, data, sfs, None, code, layout)
 
     return call
 
@@ -552,57 +566,62 @@ def bench_quant(
     variants: Sequence[str] = ("none", "turbo", "chain", "cuda"),
     dtypes: Sequence[str] = ("bfloat16",),
     log: Callable[[str], None] = print,
+    layouts: Sequence[str] = (DEFAULT_LAYOUT,),
 ) -> BenchResult:
-    """Throughput of the quantisation kernel per conversion variant, as a share of a
-    device-to-device copy moving the same bytes (read + write), on random data.
+    """Throughput of the quantisation kernel per conversion variant and thread layout, as a
+    share of a device-to-device copy moving the same bytes (read + write), on random data.
 
-    Kernel and copy alternate within each repeat (same clocks, same run); the best of the
-    repeats is kept for each, since interference only ever slows a run down.
+    Bytes moved per call: the input, the packed output and the swizzled scales (what vLLM's
+    kernel writes). Kernel and copy alternate within each repeat (same clocks, same run); the
+    best of the repeats is kept for each, since interference only ever slows a run down.
     """
     import torch
 
     for v in variants:
         if v not in VARIANTS:
             raise UsageError("variant", f"{v!r} is unknown", f"Use one of {sorted(VARIANTS)}.")
+    for lay in layouts:
+        if lay not in LAYOUTS:
+            raise UsageError("layout", f"{lay!r} is unknown", f"Use one of {sorted(LAYOUTS)}.")
     if cols % 16:
         raise UsageError("cols", f"{cols} is not a multiple of 16", "Pick a multiple of 16.")
     ext = load_quant_extension()
     dev = torch.device("cuda")
     n = rows * cols
     kb = cols // 16
-    moved = 2 * n + n // 2 + ((rows + 127) // 128 * 128) * ((kb + 3) // 4 * 4)
+    sf_shape = ((rows + 127) // 128 * 128, (kb + 3) // 4 * 4)
+    moved = 2 * n + n // 2 + sf_shape[0] * sf_shape[1]
     half = moved // 2
     src = torch.randint(0, 256, (half,), dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     gen = torch.Generator(device=dev).manual_seed(1234)
     results: list[BenchRow] = []
     copy_best = float("inf")
+    combos = [(v, lay) for lay in layouts for v in variants]
     for dname in dtypes:
         dtype = getattr(torch, dname)
         # Random data, spread over the E2M1 range after scaling: never zeros or constants.
-        x = (torch.randn((rows, cols), generator=gen, device=dev, dtype=torch.float32) * 3).to(
-            dtype
-        )
+        x = torch.randn((rows, cols), generator=gen, device=dev, dtype=torch.float32)
+        x = (x * 3).to(dtype)
         gs = torch.tensor([448.0 * 6.0 / float(x.abs().max())], device=dev)
         data = torch.empty((rows, cols // 2), dtype=torch.uint8, device=dev)
-        sfs = torch.empty(
-            ((rows + 127) // 128 * 128, (kb + 3) // 4 * 4), dtype=torch.uint8, device=dev
-        )
-        best: dict[str, float] = {v: float("inf") for v in variants}
+        sfs = torch.empty(sf_shape, dtype=torch.uint8, device=dev)
+        best = {c: float("inf") for c in combos}
         for rep in range(repeats):
             copy_best = min(copy_best, _time_ms(lambda: dst.copy_(src), iters))
-            for v in variants:
-                call = _quant_call(ext, x, gs, data, sfs, VARIANTS[v])
-                best[v] = min(best[v], _time_ms(call, iters))
+            for v, lay in combos:
+                call = _quant_call(ext, x, gs, data, sfs, VARIANTS[v], LAYOUTS[lay])
+                best[(v, lay)] = min(best[(v, lay)], _time_ms(call, iters))
             log(
-                f"{dname} repeat {rep + 1}/{repeats}: "
-                + ", ".join(f"{v} {best[v]:.3f} ms" for v in variants)
+                f"{dname} repeat {rep + 1}/{repeats}: copy {copy_best:.3f} ms, "
+                + ", ".join(f"{v}/{lay} {best[(v, lay)]:.3f} ms" for v, lay in combos)
             )
         copy_gbps = 2 * half / copy_best / 1e6
-        for v in variants:
-            gbps = moved / best[v] / 1e6
+        for v, lay in combos:
+            ms = best[(v, lay)]
+            gbps = moved / ms / 1e6
             results.append(
-                BenchRow(v, dname, round(best[v], 4), round(gbps, 1), round(gbps / copy_gbps, 4))
+                BenchRow(v, lay, dname, round(ms, 4), round(gbps, 1), round(gbps / copy_gbps, 4))
             )
     return BenchResult(
         torch.cuda.get_device_name(0),
@@ -625,6 +644,7 @@ def render_bench(r: BenchResult) -> str:
     rows = [
         (
             row.dtype,
+            row.layout,
             VARIANT_LABELS[row.variant],
             f"{row.ms:.3f}",
             f"{row.gbps:.0f}",
@@ -632,4 +652,5 @@ def render_bench(r: BenchResult) -> str:
         )
         for row in r.table
     ]
-    return head + "\n" + render_table(("dtype", "conversion", "ms", "GB/s", "share of copy"), rows)
+    headers = ("dtype", "layout", "conversion", "ms", "GB/s", "share of copy")
+    return head + "\n" + render_table(headers, rows)

@@ -72,8 +72,9 @@ SHAPES = [(1, 16), (130, 48), (257, 80), (128, 64), (300, 1040), (33, 4112)]
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
 @pytest.mark.parametrize("case", ["random", "all"])
 @pytest.mark.parametrize("gs_kind", ["calibrated", "one"])
+@pytest.mark.parametrize("layout", sorted(kernels.LAYOUTS))
 def test_quant_matches_reference(ext: Any, dtype: str, shape: tuple[int, int], case: str,
-                                 gs_kind: str) -> None:
+                                 gs_kind: str, layout: str) -> None:
     tdtype = getattr(torch, dtype)
     rows, cols = shape
     x = _make(case, rows, cols, tdtype, seed=rows * 7919 + cols)
@@ -81,7 +82,7 @@ def test_quant_matches_reference(ext: Any, dtype: str, shape: tuple[int, int], c
     amax = float(finite.max()) if finite.numel() else 1.0
     gs = 448.0 * 6.0 / max(amax, 1e-30) if gs_kind == "calibrated" else 1.0
     gs = float(np.float32(gs))
-    q = kernels.nvfp4_quantize(x.cuda(), torch.tensor([gs]), ext=ext)
+    q = kernels.nvfp4_quantize(x.cuda(), torch.tensor([gs]), ext=ext, layout=layout)
     xs = x.float().numpy()
     rcp = _device_rcp(ext)
     want_data, want_swz, want_lin = ref.quantize(xs, gs, rcp)
@@ -118,6 +119,17 @@ def test_swizzled_padding_is_zero(ext: Any) -> None:
     assert swz.shape == (256, 4)
     assert (ref.swizzle(q.sf_linear.cpu().numpy()) == swz).all()
     assert swz.reshape(-1).astype(bool).sum() == 130 * 3  # every real scale nonzero, pads zero
+
+
+@pytest.mark.parametrize("variant", ["chain", "cuda", "none"])
+def test_comparison_variants(ext: Any, variant: str) -> None:
+    """The benchmark's other conversions: chain and CUDA agree with the reference on non-NaN
+    data (they differ on NaN only); "none" writes something else entirely."""
+    x = _make("random", 257, 80, torch.bfloat16, seed=5)
+    want = kernels.nvfp4_quantize(x.cuda(), torch.tensor([1.0]), ext=ext)
+    got = kernels.nvfp4_quantize(x.cuda(), torch.tensor([1.0]), ext=ext, variant=variant)
+    assert torch.equal(got.sf_linear, want.sf_linear)
+    assert torch.equal(got.data, want.data) is (variant != "none")
 
 
 def test_bad_shape_is_one_clear_error(ext: Any) -> None:
