@@ -588,7 +588,7 @@ def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool 
     "repeats": "Alternating kernel/copy repeats; the best of each is kept (default 3).",
     "variants": "Comma-separated conversions: none,turbo,chain,cuda (default all four).",
     "dtypes": "Comma-separated input dtypes: bfloat16,float16 (default both).",
-    "layouts": "Comma-separated thread layouts: block,pair,warp,prefetch,flat "
+    "layouts": "Comma-separated thread layouts: block,pair,tile,flat "
                "(default: the kernel's default).",
     "out": "Also write the result as JSON to this file.",
     "json": "Print JSON instead of the table.",

@@ -192,46 +192,6 @@ __global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
   }
 }
 
-// Layout 3: layout 0 with the next iteration's loads issued before this one's arithmetic, so
-// each thread keeps 64 bytes in flight (more registers, fewer CTAs per SM).
-template <typename T, int CONV>
-__global__ void __launch_bounds__(256)
-    quant_kernel_prefetch(int rows, const uint4* __restrict__ in,
-                          const float* __restrict__ global_scale, Outputs o) {
-  const int64_t total = static_cast<int64_t>(rows) * o.kb;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const float gs = *global_scale;
-  int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int row_step = static_cast<int>(stride / o.kb);
-  const int col_step = static_cast<int>(stride % o.kb);
-  int row = static_cast<int>(idx / o.kb);
-  int k = static_cast<int>(idx % o.kb);
-  uint4 cur[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-  if (idx < total) {
-    cur[0] = __ldg(in + 2 * idx);
-    cur[1] = __ldg(in + 2 * idx + 1);
-  }
-  for (; idx < total; idx += stride) {
-    const int64_t nxt = idx + stride;
-    uint4 next[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-    if (nxt < total) {
-      next[0] = __ldg(in + 2 * nxt);
-      next[1] = __ldg(in + 2 * nxt + 1);
-    }
-    uint8_t sf_byte;
-    const uint2 packed = quant_block<T, CONV>(cur, gs, sf_byte);
-    store_block(o, idx, row, k, packed, sf_byte);
-    cur[0] = next[0];
-    cur[1] = next[1];
-    row += row_step;
-    k += col_step;
-    if (k >= o.kb) {
-      k -= o.kb;
-      ++row;
-    }
-  }
-}
-
 // Layout 1: vLLM's own: 8 elements (16 bytes) per thread, fully coalesced loads, the two
 // threads of a block exchange their amax with one shuffle and each converts its half.
 template <typename T, int CONV>
@@ -281,56 +241,25 @@ __global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
   }
 }
 
-// Layout 2: one thread per block, but the warp loads its 32 blocks (1 KiB) with two fully
-// coalesced 16-byte loads per lane and redistributes them with shuffles.
+// Layout 2 ("tile"): one thread per block on a 2-D grid, x across a row's blocks and y across
+// rows, so no thread divides anything; CTAs are scheduled as others finish (no grid-stride
+// loop over the whole tensor, only over rows beyond the 65535 grid rows).
 template <typename T, int CONV>
 __global__ void __launch_bounds__(256, TURBO_NVFP4_MIN_CTAS)
-    quant_kernel_warp(int rows, const uint4* __restrict__ in, const float* __restrict__ global_scale,
+    quant_kernel_tile(int rows, const uint4* __restrict__ in, const float* __restrict__ global_scale,
                       Outputs o) {
-  const int lane = threadIdx.x & 31;
-  const int64_t total = static_cast<int64_t>(rows) * o.kb;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  const int64_t stride = warps * 32;  // blocks per grid step
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= o.kb) return;
   const float gs = *global_scale;
-  int64_t base = (static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5)) * 32;
-  int64_t idx = base + lane;
-  const int row_step = static_cast<int>(stride / o.kb);
-  const int col_step = static_cast<int>(stride % o.kb);
-  int row = static_cast<int>(idx / o.kb);
-  int k = static_cast<int>(idx % o.kb);
-  const int src = (2 * lane) & 31;
-  const bool upper = lane >= 16;
-  for (; base < total; base += stride, idx += stride) {
-    // uint4 number q of this tile lives in lane q & 31 of load (q >> 5); block `lane` needs
-    // uint4s 2*lane and 2*lane + 1.
-    const int64_t q0 = 2 * base + lane;
-    const int64_t limit = 2 * total;
-    const uint4 a = q0 < limit ? __ldg(in + q0) : make_uint4(0, 0, 0, 0);
-    const uint4 b = q0 + 32 < limit ? __ldg(in + q0 + 32) : make_uint4(0, 0, 0, 0);
+  for (int row = blockIdx.y * blockDim.y + threadIdx.y; row < rows;
+       row += gridDim.y * blockDim.y) {
+    const int64_t idx = static_cast<int64_t>(row) * o.kb + k;
     uint4 raw[2];
-    const uint32_t* aw = reinterpret_cast<const uint32_t*>(&a);
-    const uint32_t* bw = reinterpret_cast<const uint32_t*>(&b);
-    uint32_t* rw = reinterpret_cast<uint32_t*>(raw);
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const uint32_t lo_a = __shfl_sync(0xFFFFFFFFu, aw[w], src);
-      const uint32_t lo_b = __shfl_sync(0xFFFFFFFFu, bw[w], src);
-      const uint32_t hi_a = __shfl_sync(0xFFFFFFFFu, aw[w], src + 1);
-      const uint32_t hi_b = __shfl_sync(0xFFFFFFFFu, bw[w], src + 1);
-      rw[w] = upper ? lo_b : lo_a;
-      rw[4 + w] = upper ? hi_b : hi_a;
-    }
-    if (idx < total) {
-      uint8_t sf_byte;
-      const uint2 packed = quant_block<T, CONV>(raw, gs, sf_byte);
-      store_block(o, idx, row, k, packed, sf_byte);
-    }
-    row += row_step;
-    k += col_step;
-    if (k >= o.kb) {
-      k -= o.kb;
-      ++row;
-    }
+    raw[0] = __ldg(in + 2 * idx);
+    raw[1] = __ldg(in + 2 * idx + 1);
+    uint8_t sf_byte;
+    const uint2 packed = quant_block<T, CONV>(raw, gs, sf_byte);
+    store_block(o, idx, row, k, packed, sf_byte);
   }
 }
 
@@ -371,22 +300,26 @@ __global__ void rcp_approx_kernel(const float* __restrict__ in, float* __restric
 template <typename T, int CONV>
 void launch_layout(int layout, int rows, const uint4* in, const float* gs, const Outputs& o,
                    int num_sms, cudaStream_t stream) {
+  if (layout == TURBO_NVFP4_LAYOUT_TILE) {
+    // x: the row's blocks, in whole warps; y: as many rows as fit in 256 threads.
+    const int tx = o.kb >= 256 ? 256 : (o.kb + 31) / 32 * 32;
+    const int ty = 256 / tx;
+    const int gy = (rows + ty - 1) / ty;
+    const dim3 grid((o.kb + tx - 1) / tx, gy < 65535 ? gy : 65535);
+    quant_kernel_tile<T, CONV><<<grid, dim3(tx, ty), 0, stream>>>(rows, in, gs, o);
+    return;
+  }
   const int64_t blocks = static_cast<int64_t>(rows) * o.kb;
   const int64_t threads = layout == TURBO_NVFP4_LAYOUT_PAIR ? 2 * blocks : blocks;
-  // Enough CTAs to fill every SM, no more than the work.
   const int64_t want = (threads + 255) / 256;
-  // Layout 4 is layout 0 with one block per thread and no grid-stride loop (the hardware
-  // schedules CTAs as others finish); the others fill the SMs once and loop.
+  // Layout 3 ("flat") is layout 0 with one block per thread and no grid-stride loop; the
+  // others fill the SMs once and loop.
   const int64_t cap = layout == TURBO_NVFP4_LAYOUT_FLAT
                           ? int64_t(0x7FFFFFFF)
                           : int64_t(num_sms) * TURBO_NVFP4_HOST_CTAS_PER_SM;
   const int grid = static_cast<int>(want < cap ? want : cap);
-  if (layout == TURBO_NVFP4_LAYOUT_PREFETCH)
-    quant_kernel_prefetch<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
-  else if (layout == TURBO_NVFP4_LAYOUT_PAIR)
+  if (layout == TURBO_NVFP4_LAYOUT_PAIR)
     quant_kernel_pair<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
-  else if (layout == TURBO_NVFP4_LAYOUT_WARP)
-    quant_kernel_warp<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
   else
     quant_kernel_block<T, CONV><<<grid, 256, 0, stream>>>(rows, in, gs, o);
 }

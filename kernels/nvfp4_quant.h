@@ -14,11 +14,10 @@
 #define TURBO_NVFP4_CONV_NONE 3   // no conversion: the ceiling
 
 // Thread layouts (the benchmark compares them; kernels/nvfp4_quant.cu explains each).
-#define TURBO_NVFP4_LAYOUT_BLOCK 0  // one thread per 16-element block, 32-byte strided loads
-#define TURBO_NVFP4_LAYOUT_PAIR 1   // vLLM's: 8 elements per thread, amax shuffle
-#define TURBO_NVFP4_LAYOUT_WARP 2   // one thread per block, coalesced loads + shuffles
-#define TURBO_NVFP4_LAYOUT_PREFETCH 3  // layout 0, next loads issued before the arithmetic
-#define TURBO_NVFP4_LAYOUT_FLAT 4      // layout 0, one block per thread, no grid-stride loop
+#define TURBO_NVFP4_LAYOUT_BLOCK 0  // one thread per 16-element block, grid-stride loop
+#define TURBO_NVFP4_LAYOUT_PAIR 1   // vLLM's: 8 elements per thread, amax shuffle, grid-stride
+#define TURBO_NVFP4_LAYOUT_TILE 2   // one thread per block, 2-D grid, no division (default)
+#define TURBO_NVFP4_LAYOUT_FLAT 3   // one thread per block, 1-D grid without a loop
 
 // in: [rows, cols] fp16/bf16, row-major, 16-byte aligned, cols % 16 == 0.
 // out: [rows, cols / 2] bytes; sf_swizzled: [round_up(rows, 128), round_up(cols / 16, 4)] bytes

@@ -39,8 +39,8 @@ QUANT_SOURCES = (
 VARIANTS: dict[str, int] = {"turbo": 0, "chain": 1, "cuda": 2, "none": 3}
 # Thread layouts of the quantisation kernel (kernels/nvfp4_quant.h). DEFAULT_LAYOUT is the one
 # that measured fastest on the H100 (BENCHMARKS.md); all are tested bit-exact.
-LAYOUTS: dict[str, int] = {"block": 0, "pair": 1, "warp": 2, "prefetch": 3, "flat": 4}
-DEFAULT_LAYOUT = "pair"
+LAYOUTS: dict[str, int] = {"block": 0, "pair": 1, "tile": 2, "flat": 3}
+DEFAULT_LAYOUT = "tile"
 VARIANT_LABELS: dict[str, str] = {
     "turbo": "turbo_e2m1x8 (software magic-add unless the target has cvt)",
     "chain": "seed's comparison chain",
