@@ -285,8 +285,8 @@ def test_plan_has_every_build_setting() -> None:
     assert Path(env["DIST_EXTRA_CONFIG"]).parent == plan.build_dir
     assert env["SETUPTOOLS_SCM_PRETEND_VERSION_FOR_VLLM"].startswith(PINS.vllm.describe)
     build_step = next(s for s in plan.steps if s.name.startswith("build and install"))
-    assert build_step.argv is not None and build_step.argv[-4:] == ["--no-build-isolation",
-                                                                    "--no-deps", "-e", "."]
+    assert build_step.argv is not None and build_step.argv[-4:] == [
+        "--no-build-isolation", "--no-deps", "--force-reinstall", "."]
     fetch = next(s for s in plan.steps if s.name == "fetch vLLM")
     assert ["git", "fetch", "--quiet", "--depth", "1", "--no-tags", "origin",
             PINS.vllm.commit] in fetch.commands
@@ -310,7 +310,7 @@ def test_dry_run_prints_the_whole_plan_and_exits_zero() -> None:
     out = proc.stdout
     assert PINS.vllm.commit in out and f"TORCH_CUDA_ARCH_LIST={PINS.toolchain.arch_list}" in out
     assert "MAX_JOBS=3" in out and "use_existing_torch.py" in out
-    assert "pip install -v --no-build-isolation --no-deps -e ." in out
+    assert "pip install -v --no-build-isolation --no-deps --force-reinstall ." in out
     assert f"git fetch --quiet --depth 1 --no-tags origin {PINS.vllm.commit}" in out
     assert not paths.stamp_path().exists() and not paths.vllm_src_dir().exists()
 

@@ -11,6 +11,7 @@ cannot be built without a GPU toolchain for sm_121a and a pinned CUDA torch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import zipfile
@@ -69,10 +70,10 @@ def test_1_builds_from_the_fetched_commit_and_imports(env: dict[str, Any]) -> No
     assert st["patches"]["applied"], "the 0.16.0 patches were applied"
     src = paths.vllm_src_dir()
     assert (src / patching.STATE_FILE).exists()
-    # The installed vLLM is the patched tree (editable install).
-    origin = _run(env["python"], "import vllm, os; print(os.path.dirname(vllm.__file__))")
-    assert Path(origin).resolve() == (src / "vllm").resolve()
-    assert (src / MODELOPT).read_bytes() != (env["pristine"] / MODELOPT).read_bytes()
+    # The installed vLLM is the patched tree.
+    origin = Path(_run(env["python"], "import vllm, os; print(os.path.dirname(vllm.__file__))"))
+    installed = (origin.parent / MODELOPT).read_bytes()
+    assert installed == (src / MODELOPT).read_bytes() != (env["pristine"] / MODELOPT).read_bytes()
     # Not the pinned commit, so no known describe: setuptools-scm names it by its hash.
     version = _run(env["python"], "import vllm; print(vllm.__version__)")
     assert f"g{env['commit'][:9]}" in version
@@ -215,3 +216,78 @@ def test_11_wheel_without_stamp_is_refused(made_wheel: wheel.WheelResult,
     w = Path(shutil.copy2(made_wheel.wheel, tmp_path / made_wheel.wheel.name))
     with pytest.raises(TurboError, match="has no usable stamp beside it"):
         wheel.check_wheel(w, PINS, python=str(world["python"]), target="empty")
+
+
+# --------------------------------------------------------------------------- resumability
+TOY_SETUP = '''
+from pathlib import Path
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class record(build_ext):
+    def build_extensions(self):
+        Path(__file__).with_name("seen_build_temp.txt").write_text(str(self.build_temp))
+        for ext in self.extensions:
+            out = Path(self.get_ext_fullpath(ext.name))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(b"")
+
+
+setup(name="toy", version="1", packages=["toy"], ext_modules=[Extension("toy._x", [])],
+      cmdclass={"build_ext": record})
+'''
+
+
+def test_regular_install_keeps_the_build_dir_and_editable_does_not(world: dict[str, Any],
+                                                                   tmp_path: Path) -> None:
+    """Why build-vllm installs vLLM non-editable: only then does DIST_EXTRA_CONFIG's
+    [build_ext] build_temp (the persistent CMake directory a re-run resumes in) take effect."""
+    proj = tmp_path / "toy"
+    (proj / "toy").mkdir(parents=True)
+    (proj / "toy" / "__init__.py").write_text("")
+    (proj / "setup.py").write_text(TOY_SETUP)
+    (proj / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\n'
+                                         'build-backend = "setuptools.build_meta"\n')
+    keep = tmp_path / "cmake-build"
+    cfg = tmp_path / "extra.cfg"
+    cfg.write_text(f"[build_ext]\nbuild_temp = {keep}\n")
+    py = fresh_env(tmp_path / "env", world["base"])
+    env = {**os.environ, "DIST_EXTRA_CONFIG": str(cfg)}
+    pip = [str(py), "-m", "pip"]
+    flags = ["-q", "--no-build-isolation", "--no-deps"]
+    subprocess.run([*pip, "install", *flags, str(proj)], check=True, capture_output=True,
+                   env=env)
+    assert (proj / "seen_build_temp.txt").read_text() == str(keep)
+    subprocess.run([*pip, "wheel", *flags, "-w", str(tmp_path / "w"), str(proj)], check=True,
+                   capture_output=True, env=env)
+    assert (proj / "seen_build_temp.txt").read_text() == str(keep)
+    # The editable install ignores it and builds in a fresh temporary directory.
+    subprocess.run([*pip, "install", *flags, "--force-reinstall", "-e", str(proj)], check=True,
+                   capture_output=True, env=env)
+    assert (proj / "seen_build_temp.txt").read_text() != str(keep)
+
+
+def test_interrupted_build_leaves_no_ok_stamp_and_resumes(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = build.run_step
+
+    def ctrl_c(step: build.Step, *a: Any, **kw: Any) -> list[str]:
+        if step.name.startswith("build and install"):
+            raise KeyboardInterrupt
+        return real(step, *a, **kw)
+
+    monkeypatch.setattr(build, "run_step", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        build.build(_opts(env, force=True), PINS, echo=lambda s: None)
+    st = stamp.read_stamp()
+    assert st is not None and (st["result"], st["error"]) == ("failed", "interrupted")
+    assert st["failed_step"].startswith("build and install")
+    state = json.loads((paths.vllm_src_dir() / patching.STATE_FILE).read_text())
+    assert state["status"] == "applied", "the tree is never left half-patched"
+    monkeypatch.setattr(build, "run_step", real)
+    out: list[str] = []
+    res = build.build(_opts(env), PINS, echo=out.append)
+    assert not res.noop and any("did not finish" in line for line in out)
+    st = stamp.read_stamp()
+    assert st is not None and st["result"] == "ok"

@@ -2,8 +2,14 @@
 
 The plan is plain data (argv lists and env) so ``--dry-run`` prints exactly what would run.
 Resumability comes from three places that survive a Ctrl-C: the verified source checkout, the
-CMake build directory (kept in the state dir: vLLM's editable install would otherwise build in
-a temporary directory that is deleted every time) and ccache.
+CMake build directory (kept in the state dir through DIST_EXTRA_CONFIG) and ccache.
+
+vLLM is installed as a regular (non-editable) package: setuptools' editable install
+re-initialises build_ext and builds in a new temporary directory every time, ignoring any
+configured build_temp (tests/test_build_cpu.py shows both behaviours), so an interrupted
+editable build would start CMake from nothing. A regular install keeps the build directory,
+makes `invoke wheel` a repackaging rather than a rebuild, and leaves the installed vLLM
+independent of later changes to the source tree.
 """
 
 from __future__ import annotations
@@ -358,8 +364,18 @@ def make_plan(
         )
     steps.append(
         Step(
-            "build and install vLLM (editable)",
-            [py, "-m", "pip", "install", "-v", "--no-build-isolation", "--no-deps", "-e", "."],
+            "build and install vLLM",
+            [
+                py,
+                "-m",
+                "pip",
+                "install",
+                "-v",
+                "--no-build-isolation",
+                "--no-deps",
+                "--force-reinstall",
+                ".",
+            ],
             src_dir,
             dict(env),
             note="progress is parsed from ninja's [N/M] lines",
