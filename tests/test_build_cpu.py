@@ -107,11 +107,6 @@ def test_3_changed_patch_rebuilds_and_repatches(env: dict[str, Any]) -> None:
     assert state["series_digest"] == new["patch_digest"]
 
 
-def test_4_force_rebuilds(env: dict[str, Any]) -> None:
-    res = build.build(_opts(env, force=True), PINS, echo=lambda s: None)
-    assert not res.noop
-
-
 # --------------------------------------------------------------------------- issue 8: wheels
 @pytest.fixture(scope="module")
 def made_wheel(world: dict[str, Any]) -> wheel.WheelResult:
