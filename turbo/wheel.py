@@ -158,8 +158,13 @@ def check_wheel(
         ("machine", rec.get("machine"), tc.machine),
         ("torch", rec.get("torch"), tc.torch),
         ("CUDA (torch's)", rec.get("cuda"), tc.torch_cuda),
-        ("build target", rec.get("target"), target),
     )
+    if rec.get("target") != target:
+        raise TurboError(
+            f"wheel {wheel.name}",
+            f"was built for target {rec.get('target')}, this install asks for {target}",
+            "A GB10 node needs a wheel from a cuda build; use --target only for test wheels.",
+        )
     for what, theirs, ours in checks:
         if theirs != ours:
             raise TurboError(
