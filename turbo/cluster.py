@@ -10,6 +10,7 @@ netdev of the twin that carries the IP address.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -248,7 +249,24 @@ def cluster_env(
     return env
 
 
-def ray_argv(kind: str, *, node_ip: str, ray_port: int, head: str | None) -> list[str]:
+BUILD_RESOURCE_PREFIX = "turbo_build_"
+
+
+def build_resource(build_digest: str) -> str:
+    """The Ray custom resource that carries a node's build identity.
+
+    Every node advertises it when it joins (``ray start --resources``), so the head can compare
+    builds over the channel the cluster already uses, before vLLM spreads work across nodes.
+    """
+    return f"{BUILD_RESOURCE_PREFIX}{build_digest[:16]}"
+
+
+def ray_argv(
+    kind: str, *, node_ip: str, ray_port: int, head: str | None, build_digest: str | None = None
+) -> list[str]:
+    tail = ["--disable-usage-stats"]
+    if build_digest:
+        tail += ["--resources", json.dumps({build_resource(build_digest): 1})]
     if kind == "ray-head":
         return [
             "ray",
@@ -258,7 +276,7 @@ def ray_argv(kind: str, *, node_ip: str, ray_port: int, head: str | None) -> lis
             node_ip,
             "--port",
             str(ray_port),
-            "--disable-usage-stats",
+            *tail,
         ]
     if not head:
         raise UsageError(
@@ -273,8 +291,73 @@ def ray_argv(kind: str, *, node_ip: str, ray_port: int, head: str | None) -> lis
         f"{head}:{ray_port}",
         "--node-ip-address",
         node_ip,
-        "--disable-usage-stats",
+        *tail,
     ]
+
+
+# Asks the running Ray cluster (from a child process: importing ray here is slow and optional)
+# which nodes are alive and what resources each advertises.
+RAY_NODES_PROBE = (
+    "import json, ray; ray.init(address='auto', logging_level='ERROR'); "
+    "print(json.dumps([{'ip': n.get('NodeManagerAddress', '?'), "
+    "'resources': sorted(n.get('Resources', {}))} for n in ray.nodes() if n.get('Alive')]))"
+)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    ip: str
+    resources: tuple[str, ...]
+
+    def build(self) -> str | None:
+        for res in self.resources:
+            if res.startswith(BUILD_RESOURCE_PREFIX):
+                return res[len(BUILD_RESOURCE_PREFIX) :]
+        return None
+
+
+def parse_ray_nodes(text: str) -> list[RayNode]:
+    """The probe's JSON (its last line: Ray may print banners before it)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("[")]
+    if not lines:
+        raise TurboError(
+            "ray cluster",
+            "no answer from the running cluster",
+            "Start it first: `invoke serve --profile tp2-head`, then tp2-worker on the other node.",
+        )
+    data = json.loads(lines[-1])
+    return [RayNode(str(n["ip"]), tuple(str(r) for r in n["resources"])) for n in data]
+
+
+def same_build_problems(nodes: list[RayNode], local_digest: str, want_nodes: int) -> list[str]:
+    """Every reason the cluster's nodes cannot serve together; empty when all match."""
+    mine = local_digest[:16]
+    problems = []
+    if len(nodes) < want_nodes:
+        problems.append(
+            f"{len(nodes)} of {want_nodes} nodes joined ({', '.join(n.ip for n in nodes)})"
+        )
+    for node in nodes:
+        theirs = node.build()
+        if theirs is None:
+            problems.append(
+                f"node {node.ip} joined without a build digest (not started by "
+                "`invoke serve --profile tp2-head/tp2-worker`)"
+            )
+        elif theirs != mine:
+            problems.append(f"node {node.ip} has build {theirs}, this node has {mine}")
+    return problems
+
+
+def query_ray_nodes(python: str, run: Callable[..., tuple[int, str]]) -> list[RayNode]:
+    rc, out = run([python, "-c", RAY_NODES_PROBE], timeout=60)
+    if rc != 0:
+        raise TurboError(
+            "ray cluster",
+            f"cannot reach it ({out.strip().splitlines()[-1] if out.strip() else f'exit {rc}'})",
+            "Start it first: `invoke serve --profile tp2-head`, then tp2-worker on the other node.",
+        )
+    return parse_ray_nodes(out)
 
 
 # ------------------------------------------------------------------------------ link check

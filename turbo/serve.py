@@ -30,6 +30,7 @@ from turbo.errors import TurboError, UsageError
 from turbo.manifest import check_local, read_manifest
 from turbo.pins import Pins
 from turbo.profiles import ArgValue, Overrides, Profile, ProfileBook, load_book, resolve
+from turbo.stamp import identity_digest
 
 Out = Callable[[str], None]
 
@@ -100,6 +101,7 @@ def build_plan(
     roce: cluster.RoceChoice | None,
     cluster_env: Mapping[str, str],
     ray_port: int,
+    build_digest: str | None = None,
 ) -> Plan:
     """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones."""
     node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
@@ -121,7 +123,9 @@ def build_plan(
             raise UsageError(
                 f"profile {prof.name}", "needs this node's RoCE address", _MISSING_FIX["node_ip"]
             )
-        argv = cluster.ray_argv(prof.kind, node_ip=node_ip, ray_port=ray_port, head=head)
+        argv = cluster.ray_argv(
+            prof.kind, node_ip=node_ip, ray_port=ray_port, head=head, build_digest=build_digest
+        )
         return Plan(
             prof.name,
             prof.kind,
@@ -227,6 +231,61 @@ def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
     )
 
 
+def _uses_ray(plan: Plan) -> bool:
+    argv = plan.argv
+    return (
+        any(
+            w == "--distributed-executor-backend" and i + 1 < len(argv) and argv[i + 1] == "ray"
+            for i, w in enumerate(argv)
+        )
+        or "--distributed-executor-backend=ray" in argv
+    )
+
+
+def build_check() -> Check:
+    stamp = read_json(paths.stamp_path())
+    if stamp is not None and stamp.get("result") == "ok":
+        return Check(
+            "vllm build",
+            PASS,
+            f"{str(stamp.get('commit', '?'))[:12]} for {stamp.get('arch_list', '?')}",
+        )
+    why = (
+        f"no build stamp at {paths.stamp_path()}"
+        if stamp is None
+        else f"last build result: {stamp.get('result')}"
+    )
+    return Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first.")
+
+
+def local_build_digest() -> str | None:
+    """This node's build identity (what two TP=2 nodes must share); None when not built."""
+    stamp = read_json(paths.stamp_path())
+    if stamp is None or stamp.get("result") != "ok":
+        return None
+    return identity_digest(stamp)
+
+
+def same_build_check(plan: Plan, prof: Profile, probe: Probe) -> Check:
+    """Over Ray itself: every joined node must advertise this node's build digest."""
+    mine = local_build_digest()
+    fix = (
+        "Install the same build on both (`pixi run wheel` here, `pixi run install-wheel` "
+        "there), then restart tp2-worker."
+    )
+    if mine is None:
+        return Check("same build", FAIL, "this node has no usable build stamp", fix)
+    want = int(str(prof.args.get("tensor-parallel-size", 2)))
+    try:
+        nodes = cluster.query_ray_nodes(sys.executable, probe.host.run)
+    except TurboError as err:
+        return Check("same build", FAIL, err.why, err.fix)
+    problems = cluster.same_build_problems(nodes, mine, want)
+    if problems:
+        return Check("same build", FAIL, "; ".join(problems), fix)
+    return Check("same build", PASS, f"{len(nodes)} nodes on build {mine[:16]}")
+
+
 def preflight(
     plan: Plan,
     prof: Profile,
@@ -238,22 +297,7 @@ def preflight(
 ) -> list[Check]:
     checks: list[Check] = []
     if plan.kind == "serve":
-        stamp = read_json(paths.stamp_path())
-        if stamp is not None and stamp.get("result") == "ok":
-            checks.append(
-                Check(
-                    "vllm build",
-                    PASS,
-                    f"{str(stamp.get('commit', '?'))[:12]} for {stamp.get('arch_list', '?')}",
-                )
-            )
-        else:
-            why = (
-                f"no build stamp at {paths.stamp_path()}"
-                if stamp is None
-                else f"last build result: {stamp.get('result')}"
-            )
-            checks.append(Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first."))
+        checks.append(build_check())
         problems = model_problems(Path(plan.model))
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -306,6 +350,7 @@ def preflight(
                     )
                 )
     else:
+        checks.append(build_check())
         ray = probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)
@@ -317,6 +362,8 @@ def preflight(
                 "Use the pixi cluster environment (`pixi run -e cluster ...`).",
             )
         )
+    if plan.kind == "serve" and _uses_ray(plan):
+        checks.append(same_build_check(plan, prof, probe))
     if prof.cluster:
         if roce_error:
             checks.append(
@@ -783,7 +830,12 @@ def prepare(
             nccl_debug_subsys=str(csec.get("nccl_debug_subsys", "")),
         )
     plan = build_plan(
-        prof, ptxas=ptxas, roce=roce, cluster_env=cenv, ray_port=int(csec.get("ray_port", 6379))
+        prof,
+        ptxas=ptxas,
+        roce=roce,
+        cluster_env=cenv,
+        ray_port=int(csec.get("ray_port", 6379)),
+        build_digest=local_build_digest(),
     )
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error)
     return Prepared(plan, prof, checks)
