@@ -367,3 +367,44 @@ def test_build_stamp_task_compares_files(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "invoke", "build-stamp", "--compare", str(other)],
                           cwd=REPO, text=True, capture_output=True, timeout=120, env=env)
     assert proc.returncode == 0 and "same build" in proc.stdout
+
+
+# --------------------------------------------------------------------------- cubin check
+def _cuobjdump() -> str | None:
+    import shutil
+
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia  # the nvidia-cuda-cuobjdump wheel (kernels dependency group)
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        for cand in Path(root).glob("*/bin/cuobjdump"):
+            return str(cand)
+    return None
+
+
+@pytest.mark.parametrize(("gencode", "gb10"), [
+    (["-gencode", "arch=compute_121a,code=sm_121a", "-gencode", "arch=compute_90,code=sm_90"],
+     True),
+    (["-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_120a,code=sm_120a"],
+     False),
+])
+def test_cubin_targets_read_from_a_real_shared_object(tmp_path: Path, gencode: list[str],
+                                                      gb10: bool) -> None:
+    import shutil
+
+    nvcc, dump = shutil.which("nvcc"), _cuobjdump()
+    if not nvcc or not dump:
+        pytest.skip("needs nvcc and cuobjdump (the nvidia-cuda-cuobjdump wheel)")
+    src = tmp_path / "k.cu"
+    src.write_text("__global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n")
+    so = tmp_path / "_C.abi3.so"
+    subprocess.run([nvcc, "-shared", "-Xcompiler", "-fPIC", *gencode, str(src), "-o", str(so)],
+                   check=True, capture_output=True, timeout=300)
+    targets = build.cubin_targets(dump, [so])
+    want = sorted(g.split("code=")[1] for g in gencode if "code=" in g)
+    assert targets == {"_C.abi3.so": want}
+    assert build.gb10_ok(targets) is gb10
