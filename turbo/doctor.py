@@ -338,7 +338,8 @@ def check_vllm_built(stamp: dict[str, object] | None) -> Check:
     return Check(
         "vllm build",
         PASS,
-        f"vLLM {str(stamp.get('commit', '?'))[:12]} built for {stamp.get('arch_list', '?')}",
+        f"vLLM {str(stamp.get('commit', '?'))[:12]} built for "
+        f"{stamp.get('arch_list') or 'target ' + str(stamp.get('target', '?'))}",
     )
 
 
