@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def _shared_reference() -> Path:
+    """Reference data beside the checkout (the team's shared/ folder), wherever it is cloned:
+    TURBO_SHARED_REFERENCE, then ../shared/reference, then the development workplace's."""
+    candidates = [os.environ.get("TURBO_SHARED_REFERENCE", ""),
+                  str(REPO.parent / "shared" / "reference"), "/work/shared/reference"]
+    for cand in candidates:
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return REPO.parent / "shared" / "reference"
+
+
+SHARED_REFERENCE = _shared_reference()
 
 
 @pytest.fixture(autouse=True)
