@@ -21,6 +21,7 @@ from pathlib import Path
 from turbo import paths
 from turbo.console import render_table
 from turbo.pins import Pins
+from turbo.stamp import read_stamp
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -101,7 +102,7 @@ def check_cpu(host: Host) -> Check:
     )
 
 
-def _nvidia_smi(host: Host) -> tuple[str, str, str] | None:
+def nvidia_smi(host: Host) -> tuple[str, str, str] | None:
     if not host.which("nvidia-smi"):
         return None
     rc, out = host.run(
@@ -312,14 +313,6 @@ def check_pixi(host: Host) -> Check:
     )
 
 
-def read_json(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def check_vllm_built(stamp: dict[str, object] | None) -> Check:
     if stamp is None:
         return Check(
@@ -392,8 +385,8 @@ def check_port(host: Host, bind: str, port: int) -> Check:
 def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     """All checks, in the order a DGX Spark owner would fix them."""
     h = host or Host()
-    smi = _nvidia_smi(h)
-    stamp = read_json(paths.stamp_path())
+    smi = nvidia_smi(h)
+    stamp = read_stamp()
     model = paths.model_dir(pins)
     model_ok = (model / MODEL_MANIFEST).exists()
     port = int(h.env.get("PORT") or pins.serve.port)

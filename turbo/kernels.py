@@ -302,17 +302,10 @@ def compile_check(
 # --------------------------------------------------------------------------- GPU facts
 def gpu_compute_capability() -> str | None:
     """``"12.1"`` for GPU 0 (via nvidia-smi), or None when there is no usable GPU."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    proc = subprocess.run(
-        [smi, "--query-gpu=compute_cap", "--format=csv,noheader", "-i", "0"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    value = proc.stdout.strip().splitlines()[0].strip() if proc.stdout.strip() else ""
-    return value if proc.returncode == 0 and value else None
+    from turbo.doctor import Host, nvidia_smi
+
+    smi = nvidia_smi(Host())
+    return smi[1] if smi else None
 
 
 def arch_for(cc: str) -> str:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from turbo.errors import TurboError
+from turbo.jsonfile import write_json_atomic
 
 MANIFEST_NAME = "turbo-manifest.json"
 INDEX_NAME = "model.safetensors.index.json"
@@ -124,22 +123,6 @@ def read_manifest(model_dir: Path) -> Manifest | None:
     except json.JSONDecodeError as exc:
         raise _bad(path, f"is not valid JSON ({exc.msg})") from exc
     return parse_manifest(data, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(model_dir: Path, manifest: Manifest) -> Path:

@@ -28,6 +28,7 @@ import requests
 from turbo import paths
 from turbo.console import redact, render_table
 from turbo.errors import TurboError, UsageError
+from turbo.jsonfile import write_json_atomic
 from turbo.manifest import (
     INDEX_NAME,
     Manifest,
@@ -39,7 +40,6 @@ from turbo.manifest import (
     manifest_path,
     read_manifest,
     sha256_file,
-    write_json_atomic,
     write_manifest,
 )
 from turbo.pins import Pins

@@ -34,6 +34,7 @@ from typing import Any
 
 from turbo import paths
 from turbo.errors import TurboError
+from turbo.jsonfile import write_json_atomic
 
 STATE_FILE = ".turbo-patches.json"
 STATE_DIR = ".turbo-patches"
@@ -242,12 +243,6 @@ def _read_state(src: Path) -> dict[str, Any] | None:
     return data
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _copy(src: Path, dst: Path) -> None:
     """Copy bytes and mode atomically (temp file beside ``dst``, then rename)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +397,7 @@ def _commit(src: Path, scratch: Path, chosen: list[Patch], ref: str, digest: str
         record["pristine"][rel] = _sha(f)
         if f.is_file():
             _copy(f, pristine_dir / rel)
-    _write_json(_state_path(src), record)
+    write_json_atomic(_state_path(src), record, sort_keys=True)
     for rel in touched:
         new, dst = scratch / rel, src / rel
         if new.is_file():
@@ -411,7 +406,7 @@ def _commit(src: Path, scratch: Path, chosen: list[Patch], ref: str, digest: str
             dst.unlink()
         record["patched"][rel] = _sha(dst)
     record["status"] = "applied"
-    _write_json(_state_path(src), record)
+    write_json_atomic(_state_path(src), record, sort_keys=True)
 
 
 def revert_series(src: Path, *, force: bool = False) -> PatchReport:

@@ -23,14 +23,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, memfit, paths
+from turbo import cluster, endpoint, memfit, paths, stamp
 from turbo.console import TaskLog, redact_argv, redact_env, render_table
-from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, read_json
+from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
+from turbo.jsonfile import read_json, write_json_atomic
 from turbo.manifest import check_local, read_manifest
 from turbo.pins import Pins
 from turbo.profiles import ArgValue, Overrides, Profile, ProfileBook, load_book, resolve
-from turbo.stamp import identity_digest
 
 Out = Callable[[str], None]
 
@@ -177,10 +177,8 @@ class Probe:
     def gpu_name(self) -> str | None:
         if self.gpu is not None:
             return self.gpu()
-        if not self.host.which("nvidia-smi"):
-            return None
-        rc, out = self.host.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-        return out.splitlines()[0].strip() if rc == 0 and out else None
+        smi = nvidia_smi(self.host)
+        return smi[0] if smi else None
 
 
 def model_problems(model_dir: Path) -> list[str]:
@@ -242,33 +240,31 @@ def _uses_ray(plan: Plan) -> bool:
     )
 
 
-def build_check() -> Check:
-    stamp = read_json(paths.stamp_path())
-    if stamp is not None and stamp.get("result") == "ok":
+def build_check(built: Mapping[str, Any] | None) -> Check:
+    if built is not None and built.get("result") == stamp.OK:
         return Check(
             "vllm build",
             PASS,
-            f"{str(stamp.get('commit', '?'))[:12]} for {stamp.get('arch_list', '?')}",
+            f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}",
         )
     why = (
         f"no build stamp at {paths.stamp_path()}"
-        if stamp is None
-        else f"last build result: {stamp.get('result')}"
+        if built is None
+        else f"last build result: {built.get('result')}"
     )
     return Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first.")
 
 
-def local_build_digest() -> str | None:
+def local_build_digest(built: Mapping[str, Any] | None) -> str | None:
     """This node's build identity (what two TP=2 nodes must share); None when not built."""
-    stamp = read_json(paths.stamp_path())
-    if stamp is None or stamp.get("result") != "ok":
+    if built is None or built.get("result") != stamp.OK:
         return None
-    return identity_digest(stamp)
+    return stamp.identity_digest(built)
 
 
-def same_build_check(plan: Plan, prof: Profile, probe: Probe) -> Check:
+def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | None) -> Check:
     """Over Ray itself: every joined node must advertise this node's build digest."""
-    mine = local_build_digest()
+    mine = local_build_digest(built)
     fix = (
         "Install the same build on both (`pixi run wheel` here, `pixi run install-wheel` "
         "there), then restart tp2-worker."
@@ -294,10 +290,12 @@ def preflight(
     environ: Mapping[str, str],
     size_gb: float,
     roce_error: str | None = None,
+    built: Mapping[str, Any] | None = None,
 ) -> list[Check]:
+    """Everything to check before a launch; ``built`` is this node's build stamp (read once)."""
     checks: list[Check] = []
     if plan.kind == "serve":
-        checks.append(build_check())
+        checks.append(build_check(built))
         problems = model_problems(Path(plan.model))
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -350,7 +348,7 @@ def preflight(
                     )
                 )
     else:
-        checks.append(build_check())
+        checks.append(build_check(built))
         ray = probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)
@@ -363,7 +361,7 @@ def preflight(
             )
         )
     if plan.kind == "serve" and _uses_ray(plan):
-        checks.append(same_build_check(plan, prof, probe))
+        checks.append(same_build_check(prof, probe, built))
     if prof.cluster:
         if roce_error:
             checks.append(
@@ -425,16 +423,9 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def record(plan: Plan, pid: int, log: Path) -> Path:
     p = pid_file(plan)
-    _write_json(
+    write_json_atomic(
         p,
         {
             "pid": pid,
@@ -605,7 +596,7 @@ def run_ray(plan: Plan, out: Out) -> int:
                 f"exit {proc.returncode}: {_log_tail(log.path, 5)}",
                 f"Read {log.path}; `ray stop` clears a half-started node.",
             )
-        _write_json(
+        write_json_atomic(
             pid_file(plan),
             {
                 "kind": plan.kind,
@@ -794,6 +785,7 @@ def prepare(
     """Resolve the profile, detect the cluster network, build the plan and check it."""
     env = os.environ if environ is None else environ
     b = book or load_book()
+    built = stamp.read_stamp()
     pr = probe or Probe()
     prof = resolve(name, pins, overrides, env, b)
     ptxas = find_cuda_tool(pr.host, "ptxas")
@@ -835,9 +827,9 @@ def prepare(
         roce=roce,
         cluster_env=cenv,
         ray_port=int(csec.get("ray_port", 6379)),
-        build_digest=local_build_digest(),
+        build_digest=local_build_digest(built),
     )
-    checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error)
+    checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
     return Prepared(plan, prof, checks)
 
 

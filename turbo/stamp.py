@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from turbo import paths
 from turbo.errors import TurboError
+from turbo.jsonfile import read_json, write_json_atomic
 
 SCHEMA = 1
 OK, FAILED, BUILDING = "ok", "failed", "building"
@@ -51,27 +50,14 @@ def now_iso() -> str:
 
 def read_stamp(path: Path | None = None) -> dict[str, Any] | None:
     """The stamp, or None when there is none or it is unreadable (treated as "not built")."""
-    p = path or paths.stamp_path()
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json(path or paths.stamp_path())
 
 
 def write_stamp(stamp: Mapping[str, Any], path: Path | None = None) -> Path:
-    p = path or paths.stamp_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stamp.", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"schema": SCHEMA, **stamp}, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a stamp is copied between nodes
-        os.replace(tmp, p)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return p
+    # 0644: a stamp is copied between nodes beside its wheel.
+    return write_json_atomic(
+        path or paths.stamp_path(), {"schema": SCHEMA, **stamp}, sort_keys=True, mode=0o644
+    )
 
 
 def inputs_digest(inputs: Mapping[str, Any]) -> str:
