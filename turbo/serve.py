@@ -126,28 +126,16 @@ def build_plan(
         argv = cluster.ray_argv(
             prof.kind, node_ip=node_ip, ray_port=ray_port, head=head, build_digest=build_digest
         )
-        return Plan(
-            prof.name,
-            prof.kind,
-            prof.description,
-            argv,
-            env,
-            prof.host,
-            prof.port,
-            prof.served_name,
-            prof.model,
-            api=False,
-            roce=asdict(roce) if roce else None,
-            notes=notes,
-        )
-
-    argv = ["vllm", "serve", prof.model]
-    for key, value in prof.args.items():
-        if isinstance(value, str):
-            value = _fill(value, values, f"profile {prof.name} --{key}")
-        argv += _flag_words(key, value)
-    argv += prof.extra
-    headless = prof.args.get("headless") is True
+        api = False
+    else:
+        argv = ["vllm", "serve", prof.model]
+        for key, value in prof.args.items():
+            if isinstance(value, str):
+                value = _fill(value, values, f"profile {prof.name} --{key}")
+            argv += _flag_words(key, value)
+        argv += prof.extra
+        # A headless node (the Ray-free worker) serves no HTTP API.
+        api = prof.args.get("headless") is not True
     return Plan(
         prof.name,
         prof.kind,
@@ -158,7 +146,7 @@ def build_plan(
         prof.port,
         prof.served_name,
         prof.model,
-        api=not headless,
+        api=api,
         roce=asdict(roce) if roce else None,
         notes=notes,
     )
