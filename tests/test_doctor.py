@@ -196,3 +196,10 @@ def test_incomplete_model_copy_fails(tmp_path: Path, monkeypatch: pytest.MonkeyP
     check = by_name(doctor.run_checks(PINS, FakeHost()))["model"]
     assert check.status == doctor.FAIL
     assert "model-00001.safetensors" in check.detail and "fetch-model" in check.fix
+
+
+@pytest.mark.skipif(not shutil.which("ptxas"), reason="no CUDA ptxas on PATH")
+def test_ptxas_row_on_this_hosts_real_ptxas() -> None:
+    """The row itself (not only its PTX) passes with CUDA 13.0's ptxas."""
+    check = doctor.check_ptxas_sm121a(doctor.Host(env={}))
+    assert check.status == doctor.PASS, check
