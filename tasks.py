@@ -388,21 +388,38 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
                    ".turbo/bench/<time>).",
             "no_chart": "Skip the PNG chart (no matplotlib needed).",
             "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
-                       "a stall (default 120; not a limit on a long cell)."})
+                       "a stall (default 120; not a limit on a long cell).",
+            "roofline": "Print the decode roofline alone (bytes per token from --model's "
+                        "config and safetensors headers, over the bandwidth); no server.",
+            "bandwidth_gbs": "Memory bandwidth in GB/s for the roofline (default: the GPU's "
+                             "stated figure, GB10 273; a torch copy is measured and shown).",
+            "context": "Context length in tokens for --roofline's KV reads (default 2048; a "
+                       "bench cell uses its own prompt + half its output).",
+            "kv_dtype": "KV-cache dtype for the roofline (default: the profiles' "
+                        "kv-cache-dtype, fp8)."})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
-          no_chart: bool = False, timeout: int = 120, json: bool = False) -> None:
+          no_chart: bool = False, timeout: int = 120, roofline: bool = False,
+          bandwidth_gbs: float = 0.0, context: int = 0, kv_dtype: str = "",
+          json: bool = False) -> None:
     """Benchmark a running server: decode tok/s and TTFT per prompt/output length, MTP draft
     acceptance, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and a PNG chart."""
     from turbo import bench as bn
 
     def go() -> None:
+        if roofline:
+            from turbo import roofline as rl
+
+            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
+                             kv_dtype=kv_dtype, as_json=json))
+            return
         print(bn.command(url=url, port=port or None, served_name=served_name,
                          prompt_lens=prompt_lens, output_lens=output_lens,
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
                          model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print))
+                         timeout=float(timeout), printer=_progress if json else print,
+                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype))
 
     _guard(go)
 
