@@ -156,4 +156,6 @@ def client_endpoint(url: str, port: int | None) -> Endpoint:
     if url:
         return parse_base(url)
     pins = load_pins()
-    return endpoint_for(pins.serve.host, port or int(os.environ.get("PORT") or pins.serve.port))
+    from turbo.profiles import env_port
+
+    return endpoint_for(pins.serve.host, port or env_port(os.environ, pins.serve.port))
