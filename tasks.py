@@ -356,6 +356,11 @@ def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60) -> Non
     _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout)))
 
 
+def _progress(line: str) -> None:
+    """Progress of a client command on stderr, so stdout stays the result (--json)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 _CLIENT_HELP = {
     "url": "Server base URL (default http://127.0.0.1:PORT). VLLM_API_KEY is sent if set.",
     "port": "Port on this machine (default: PORT, else [serve].port in pins.toml).",
@@ -366,11 +371,15 @@ _CLIENT_HELP = {
 
 @task(help={**_CLIENT_HELP,
             "wait": "Seconds to wait for /health before failing (default 0).",
-            "max_tokens": "Token budget for the chat check (a thinking model needs room)."},
+            "max_tokens": "Token budget for the chat check (a thinking model needs room); "
+                          "fitted to the server's max_model_len.",
+            "timeout": "Seconds the server may stay silent mid-answer before the check fails "
+                       "as stalled (default 120; not a limit on a long answer)."},
       checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
-              "wait": opt.int_range(0, 7 * 24 * 3600), "max_tokens": opt.int_range(1)})
+              "wait": opt.int_range(0, 7 * 24 * 3600), "max_tokens": opt.int_range(1),
+              "timeout": opt.SECONDS})
 def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
-           max_tokens: int = 1024, json: bool = False) -> None:
+           max_tokens: int = 1024, timeout: int = 120, json: bool = False) -> None:
     """Check a running server: /health, /v1/models, one chat answer (17 + 25), /metrics.
 
     Prints a table; exits 1 when a check fails.
@@ -379,7 +388,8 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
 
     def go() -> int:
         text, rc = ver.command(url=url, port=port or None, served_name=served_name,
-                               wait_s=wait, max_tokens=max_tokens, as_json=json)
+                               wait_s=wait, max_tokens=max_tokens, as_json=json,
+                               timeout=float(timeout), say=_progress)
         print(text)
         return rc
 
@@ -398,16 +408,18 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
             "model": "Model directory, for the tokenizer of `vllm bench serve`.",
             "out": "Output directory for bench.json, bench.md, bench.png (default "
                    ".turbo/bench/<time>).",
-            "no_chart": "Skip the PNG chart (no matplotlib needed)."},
+            "no_chart": "Skip the PNG chart (no matplotlib needed).",
+            "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
+                       "a stall (default 120; not a limit on a long cell)."},
       checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
               "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
               "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
-              "out": opt.dir_target})
+              "out": opt.dir_target, "timeout": opt.SECONDS})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
-          no_chart: bool = False, json: bool = False) -> None:
+          no_chart: bool = False, timeout: int = 120, json: bool = False) -> None:
     """Benchmark a running server: decode tok/s, TTFT and MTP acceptance vs the seed's figures.
 
     Per prompt/output length, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and
@@ -419,7 +431,8 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
         print(bn.command(url=url, port=port or None, served_name=served_name,
                          prompt_lens=prompt_lens, output_lens=output_lens,
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
-                         model=model, out=out, chart=not no_chart, as_json=json))
+                         model=model, out=out, chart=not no_chart, as_json=json,
+                         timeout=float(timeout), printer=_progress if json else print))
 
     _guard(go)
 

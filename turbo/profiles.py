@@ -238,7 +238,7 @@ def env_port(environ: Mapping[str, str], default: int) -> int:
     text = environ.get("PORT", "")
     if not text.strip():
         return default
-    return int(typed_value("port", text.strip(), default, "PORT (environment)", "PORT"))
+    return int(typed_value("port", text.strip(), default, f"PORT={text!r}", "PORT"))
 
 
 def _parse_set(item: str) -> tuple[str, str]:
