@@ -261,7 +261,7 @@ _FETCH_HELP = {
 
 
 @task(name="fetch-model", help=_FETCH_HELP, checks={
-    "dest": opt.dir_target, "variant": opt.variant_name, "revision": opt.git_ref})
+    "dest": opt.dir_target, "revision": opt.git_ref})
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
                 dry_run: bool = False, json: bool = False) -> None:
@@ -311,7 +311,7 @@ _SERVE_HELP = {
 
 
 @task(help=_SERVE_HELP, iterable=["set"], checks={
-    "profile": opt.profile_name, "port": opt.PORT, "model": opt.dir_target, "host": opt.host,
+    "port": opt.PORT, "model": opt.dir_target, "host": opt.host,
     "set": opt.set_item, "head": opt.ip_address, "node_ip": opt.ip_address,
     "ifname": opt.netdev, "hca": opt.name_list, "gid_index": opt.int_range(0, 255),
     "health_timeout": opt.SECONDS})

@@ -376,22 +376,6 @@ def set_item(value: str) -> None:
         raise OptionError("is not key=value", "Write it as --set gpu-memory-utilization=0.8")
 
 
-def profile_name(value: str) -> None:
-    from turbo.profiles import load_book
-
-    names = load_book().names()
-    if value not in names:
-        raise OptionError("is not a profile", f"Choose one of: {', '.join(names)}")
-
-
-def variant_name(value: str) -> None:
-    from turbo.pins import load_pins
-
-    names = sorted(load_pins().model.variants)
-    if value not in names:
-        raise OptionError("is not a model variant", f"Choose one of: {', '.join(names)}")
-
-
 def multiple_of(n: int, lo: int) -> Check:
     def check(value: int) -> None:
         if value < lo or value % n:
