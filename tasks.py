@@ -310,11 +310,14 @@ _SERVE_HELP = {
 }
 
 
-@task(help=_SERVE_HELP, iterable=["set"], checks={
+_SERVE_CHECKS = {
     "port": opt.PORT, "model": opt.dir_target, "host": opt.host,
     "set": opt.set_item, "head": opt.ip_address, "node_ip": opt.ip_address,
     "ifname": opt.netdev, "hca": opt.name_list, "gid_index": opt.int_range(0, 255),
-    "health_timeout": opt.SECONDS})
+    "health_timeout": opt.SECONDS}
+
+
+@task(help=_SERVE_HELP, iterable=["set"], checks=_SERVE_CHECKS)
 def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", host: str = "",
           set: list[str] | None = None, head: str = "", node_ip: str = "", ifname: str = "",
           hca: str = "", gid_index: int = -1, detach: bool = False, health_timeout: int = 0,
@@ -737,7 +740,8 @@ _SERVICE_SERVE_HELP["set"] = ("key=value override of a profile setting, repeatab
     **_SERVICE_HELP, **_SERVICE_SERVE_HELP,
     "enable": "Also `systemctl enable --now` the unit.",
     "requires": "tp2-serve: the Ray head's unit name (default tp2-head; empty for none).",
-})
+}, allow_empty=["requires"], checks={**_SERVE_CHECKS, "name": opt.unit_name,
+                                     "requires": opt.unit_name, "unit_dir": opt.dir_target})
 def service_install(c: Context, profile: str = "vanilla", user: bool = False,
                     system: bool = False, name: str = "", unit_dir: str = "",
                     port: int = 0, model: str = "", host: str = "",
@@ -769,7 +773,8 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
     _guard(go)
 
 
-@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]})
+@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]},
+      checks={"unit_dir": opt.existing_dir})
 def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     """List vllm-turbo units (user and system) with systemd's active/enabled state."""
     import dataclasses
@@ -787,7 +792,7 @@ def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     "name": "Unit to remove: vllm-turbo-NAME.service (NAME as given to install).",
     "profile": "Same as --name (install's default name is the profile).",
     "purge": "Also remove its environment file (your secrets); kept by default.",
-})
+}, checks={"name": opt.unit_name, "profile": opt.unit_name, "unit_dir": opt.existing_dir})
 def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool = False,
                       system: bool = False, unit_dir: str = "", purge: bool = False,
                       dry_run: bool = False) -> None:

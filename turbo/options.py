@@ -283,6 +283,14 @@ def git_ref(value: str) -> None:
         raise OptionError("is a range, not one revision", "Pass one commit, tag or branch")
 
 
+def unit_name(value: str) -> None:
+    """The NAME of a vllm-turbo-NAME.service unit: letters, digits, '-', '_' and '.'."""
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", value) or ".." in value:
+        raise OptionError(
+            "is not a unit name", "Use letters, digits, '-', '_' and '.', e.g. mtp-8012"
+        )
+
+
 def netdev(value: str) -> None:
     """A Linux network interface name (at most 15 characters, no '/' or whitespace)."""
     if len(value) > 15 or re.search(r"[/\s:]", value):
