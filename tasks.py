@@ -242,16 +242,19 @@ _FETCH_HELP = {
                "HF_HUB_OFFLINE=1); with --verify also re-hash.",
     "xet": "Let huggingface_hub fetch Xet-backed files with hf_xet (faster; a killed run "
            "restarts the file in progress instead of resuming it).",
-    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted); "
-               "write nothing and exit 0.",
+    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted) "
+               "and what would be refused (files in DEST it did not write); write nothing, exit 0.",
     "json": "Print the result as JSON.",
+    "adopt_existing": "Use a DEST holding files fetch-model did not write: checkpoint files there "
+                      "are hashed, kept when equal to the hub's and replaced when not; other "
+                      "files are left alone. Without it such a DEST is refused, naming them.",
 }
 
 
 @task(name="fetch-model", help=_FETCH_HELP)
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
-                dry_run: bool = False, json: bool = False) -> None:
+                dry_run: bool = False, json: bool = False, adopt_existing: bool = False) -> None:
     """Download the pinned Qwen3-Next-80B-A3B NVFP4 model (~45 GB): resumable, verified.
 
     Only what vLLM needs (weights, index, configs, tokenizer). Interrupted runs resume where they
@@ -265,7 +268,7 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
                               variant=variant or None, revision=revision or None, verify=verify,
                               offline=offline, dry_run=dry_run,
                               transport="xet" if xet else "http",
-                              progress=sys.stderr.isatty()))
+                              progress=sys.stderr.isatty(), adopt_existing=adopt_existing))
 
     _guard(go)
 

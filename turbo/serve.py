@@ -176,7 +176,7 @@ def model_problems(model_dir: Path) -> list[str]:
     try:
         return check_local(model_dir)
     except TurboError as err:
-        return [err.why]
+        return [f"{err.what}: {err.why}"]  # names the file (a corrupt or crafted manifest)
 
 
 def weights_bytes(model_dir: Path, fallback_gb: float) -> tuple[int, str]:
