@@ -556,6 +556,27 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
         print(render_table(["family", "list", "archs", "gencode"], cuda_archs.table_rows(report)))
 
 
+@task(name="matrix", help={
+    "versions": "Comma-separated releases to evaluate (e.g. 0.16.0,0.17.0).",
+    "all": "Every final release on the index from the pinned sdist version (0.16.0) on "
+           "(the default when --versions is not given).",
+    "json": "Print the whole matrix as JSON (states, details, arch tables, torch pins).",
+    "doc": "Also write the Markdown report to this path (docs/patch-matrix.md).",
+    "dry_run": "Say which sdists are cached and how much would be downloaded; do nothing.",
+})
+def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
+                   doc: str = "", dry_run: bool = False) -> None:
+    """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table.
+
+    Reads each release's sdist (cached under ~/.cache/vllm-turbo/sdist, sha256-checked; only
+    missing ones are downloaded, and the amount is printed first). Changes nothing else.
+    """
+    from turbo import patch_matrix_cli
+
+    _guard(lambda: patch_matrix_cli.run(versions=versions, every=all, as_json=json, doc=doc,
+                                        dry_run=dry_run))
+
+
 # --------------------------------------------------------------------------- kernels
 @task(name="probe", help={
     "arch": "Build target, e.g. 121a (default: from the GPU's compute capability; "
@@ -766,7 +787,7 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
                 verify, bench)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
-                              patches_refresh, patches_archs))
+                              patches_refresh, patches_archs, patches_matrix))
 ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))
 ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))
 ns.add_collection(Collection("service", service_install, service_status, service_uninstall))

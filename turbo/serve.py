@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from turbo import cluster, endpoint, memfit, notify, paths, stamp
-from turbo.console import TaskLog, redact_argv, redact_env, render_table
+from turbo.console import TaskLog, redact, redact_argv, redact_env, render_table
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -631,6 +631,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
     console = sink or sys.stdout
     # Under a Type=notify unit (turbo/service.py): progress as STATUS=, READY=1 once warmed up.
     notifier = notify.Notifier.from_env()
+    progress = notify.Progress(notifier)
 
     def say(line: str) -> None:
         out(line)
@@ -658,6 +659,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             # Second signal: the user means it.
             sig = signal.SIGKILL if stopping.is_set() else signum
             if not stopping.is_set():
+                progress.done = True
                 notifier.stopping(f"stopping vllm (signal {signum})")
             stopping.set()
             with contextlib.suppress(ProcessLookupError):
@@ -669,6 +671,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
                 console.write(line)
                 console.flush()
                 log.write(line)
+                progress.offer(redact(line))
 
         previous = {s: signal.signal(s, forward) for s in signals}
         reader = threading.Thread(target=tee, daemon=True)
@@ -677,7 +680,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             if plan.api:
                 try:
                     _after_start(plan, proc, sup, say, log.path, stopping)
-                    notifier.ready(f"serving {plan.served_name} at {plan.endpoint}")
+                    progress.ready(f"serving {plan.served_name} at {plan.endpoint}")
                 except KeyboardInterrupt:
                     pass
                 except BaseException:
