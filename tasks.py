@@ -254,9 +254,12 @@ _FETCH_HELP = {
                "HF_HUB_OFFLINE=1); with --verify also re-hash.",
     "xet": "Let huggingface_hub fetch Xet-backed files with hf_xet (faster; a killed run "
            "restarts the file in progress instead of resuming it).",
-    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted); "
-               "write nothing and exit 0.",
+    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted) "
+               "and what would be refused (files in DEST it did not write); write nothing, exit 0.",
     "json": "Print the result as JSON.",
+    "adopt_existing": "Use a DEST holding files fetch-model did not write: checkpoint files there "
+                      "are hashed, kept when equal to the hub's and replaced when not; other "
+                      "files are left alone. Without it such a DEST is refused, naming them.",
 }
 
 
@@ -264,7 +267,7 @@ _FETCH_HELP = {
     "dest": opt.dir_target, "revision": opt.git_ref})
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
-                dry_run: bool = False, json: bool = False) -> None:
+                dry_run: bool = False, json: bool = False, adopt_existing: bool = False) -> None:
     """Download the pinned Qwen3-Next-80B-A3B NVFP4 model (~45 GB): resumable, verified.
 
     Only what vLLM needs (weights, index, configs, tokenizer). Interrupted runs resume where they
@@ -278,7 +281,7 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
                               variant=variant or None, revision=revision or None, verify=verify,
                               offline=offline, dry_run=dry_run,
                               transport="xet" if xet else "http",
-                              progress=sys.stderr.isatty()))
+                              progress=sys.stderr.isatty(), adopt_existing=adopt_existing))
 
     _guard(go)
 
@@ -591,6 +594,27 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
         print(render_table(["family", "list", "archs", "gencode"], cuda_archs.table_rows(report)))
 
 
+@task(name="matrix", help={
+    "versions": "Comma-separated releases to evaluate (e.g. 0.16.0,0.17.0).",
+    "all": "Every final release on the index from the pinned sdist version (0.16.0) on "
+           "(the default when --versions is not given).",
+    "json": "Print the whole matrix as JSON (states, details, arch tables, torch pins).",
+    "doc": "Also write the Markdown report to this path (docs/patch-matrix.md).",
+    "dry_run": "Say which sdists are cached and how much would be downloaded; do nothing.",
+})
+def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
+                   doc: str = "", dry_run: bool = False) -> None:
+    """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table.
+
+    Reads each release's sdist (cached under ~/.cache/vllm-turbo/sdist, sha256-checked; only
+    missing ones are downloaded, and the amount is printed first). Changes nothing else.
+    """
+    from turbo import patch_matrix_cli
+
+    _guard(lambda: patch_matrix_cli.run(versions=versions, every=all, as_json=json, doc=doc,
+                                        dry_run=dry_run))
+
+
 # --------------------------------------------------------------------------- kernels
 @task(name="probe", help={
     "arch": "Build target, e.g. 121a (default: from the GPU's compute capability; "
@@ -813,7 +837,7 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
                 verify, bench)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
-                              patches_refresh, patches_archs))
+                              patches_refresh, patches_archs, patches_matrix))
 ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))
 ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))
 ns.add_collection(Collection("service", service_install, service_status, service_uninstall))

@@ -348,8 +348,10 @@ def check_model(model_dir: Path) -> Check:
 
     try:
         manifest = read_manifest(model_dir)
+        problems = check_local(model_dir, manifest) if manifest is not None else []
     except TurboError as err:
-        return Check("model", FAIL, err.why, "Re-run `pixi run fetch-model --verify`.")
+        # Which file and what to do: the manifest's own error carries both.
+        return Check("model", FAIL, f"{err.what}: {err.why}", err.fix)
     if manifest is None:
         return Check(
             "model",
@@ -357,7 +359,6 @@ def check_model(model_dir: Path) -> Check:
             f"no model manifest in {model_dir}",
             "Run `pixi run fetch-model` (~45 GB).",
         )
-    problems = check_local(model_dir, manifest)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return Check(

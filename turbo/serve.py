@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from turbo import cluster, endpoint, memfit, notify, paths, stamp
-from turbo.console import TaskLog, is_secret_key, redact_argv, redact_env, render_table
+from turbo.console import TaskLog, is_secret_key, redact, redact_argv, redact_env, render_table
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -203,7 +203,7 @@ def model_problems(model_dir: Path) -> list[str]:
     try:
         return check_local(model_dir)
     except TurboError as err:
-        return [err.why]
+        return [f"{err.what}: {err.why}"]  # names the file (a corrupt or crafted manifest)
 
 
 def weights_bytes(model_dir: Path, fallback_gb: float) -> tuple[int, str]:
@@ -658,6 +658,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
     console = sink or sys.stdout
     # Under a Type=notify unit (turbo/service.py): progress as STATUS=, READY=1 once warmed up.
     notifier = notify.Notifier.from_env()
+    progress = notify.Progress(notifier)
 
     def say(line: str) -> None:
         out(line)
@@ -685,6 +686,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             # Second signal: the user means it.
             sig = signal.SIGKILL if stopping.is_set() else signum
             if not stopping.is_set():
+                progress.done = True
                 notifier.stopping(f"stopping vllm (signal {signum})")
             stopping.set()
             with contextlib.suppress(ProcessLookupError):
@@ -696,6 +698,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
                 console.write(line)
                 console.flush()
                 log.write(line)
+                progress.offer(redact(line))
 
         previous = {s: signal.signal(s, forward) for s in signals}
         reader = threading.Thread(target=tee, daemon=True)
@@ -704,7 +707,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             if plan.api:
                 try:
                     _after_start(plan, proc, sup, say, log.path, stopping)
-                    notifier.ready(f"serving {plan.served_name} at {plan.endpoint}")
+                    progress.ready(f"serving {plan.served_name} at {plan.endpoint}")
                 except KeyboardInterrupt:
                     pass
                 except BaseException:

@@ -218,6 +218,7 @@ def render_unit(spec: Spec) -> str:
         "StartLimitIntervalSec=0",
         "X-Turbo-Profile=" + spec.profile,
         "X-Turbo-Scope=" + spec.scope,
+        "X-Turbo-Kind=" + spec.kind,
         "",
         "[Service]",
         f"Type={spec.unit_type}",
@@ -542,6 +543,18 @@ def plan_install(
         systemd_version=systemd_version(systemctl),
         memlock_unlimited=req.scope == SYSTEM and bool(book.profiles[req.profile].get("cluster")),
     )
+    # One Spark's unified memory holds one model: a second serving unit on this node fails
+    # its memory fit (or its port) and loops in restarts.
+    others = [
+        p.name
+        for p in installed_units(tgt)
+        if p.name != unit and "X-Turbo-Kind=serve" in p.read_text(errors="replace").splitlines()
+    ]
+    if plan.kind == "serve" and others:
+        notes.append(
+            f"{', '.join(others)} also serve(s) a model on this node: one Spark holds one; "
+            "enable only one of them"
+        )
     env_path = tgt.env_path(unit)
     exists = env_path.exists()
     current = read_env_file(env_path) if exists and is_ours(env_path) else {}
