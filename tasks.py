@@ -601,7 +601,7 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
     "json": "Print the whole matrix as JSON (states, details, arch tables, torch pins).",
     "doc": "Also write the Markdown report to this path (docs/patch-matrix.md).",
     "dry_run": "Say which sdists are cached and how much would be downloaded; do nothing.",
-})
+}, checks={"versions": opt.version_list, "doc": opt.file_target})
 def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
                    doc: str = "", dry_run: bool = False) -> None:
     """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table.

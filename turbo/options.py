@@ -283,6 +283,16 @@ def git_ref(value: str) -> None:
         raise OptionError("is a range, not one revision", "Pass one commit, tag or branch")
 
 
+def version_list(value: str) -> None:
+    """Comma-separated release versions such as 0.16.0,0.17.0."""
+    bad = [v for v in value.split(",") if not re.fullmatch(r"\d+(\.\d+)+[A-Za-z0-9.+]*", v)]
+    if bad:
+        raise OptionError(
+            f"has {', '.join(repr(b) for b in bad)}, not a release version",
+            "Pass versions such as 0.16.0,0.17.0",
+        )
+
+
 def unit_name(value: str) -> None:
     """The NAME of a vllm-turbo-NAME.service unit: letters, digits, '-', '_' and '.'."""
     if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", value) or ".." in value:
