@@ -120,3 +120,17 @@ def bandwidth(given_gbs: float | None = None, measure: bool = True) -> Bandwidth
     name = gpu_name()
     measured, how = measure_copy_gbs() if measure else (None, "not measured")
     return Bandwidth(name, spec_for(name), measured, how, given_gbs)
+
+
+def check_gbs(value: str) -> None:
+    """`--bandwidth-gbs`: a positive number of GB/s (the option check of `invoke bench`)."""
+    from turbo.options import OptionError
+
+    try:
+        gbs = float(value)
+    except ValueError:
+        raise OptionError(
+            "is not a number of GB/s", "For example --bandwidth-gbs 273 (a GB10)"
+        ) from None
+    if not 0 < gbs < 1e6:
+        raise OptionError("is not a bandwidth in GB/s", "Give a positive figure, e.g. 273")

@@ -8,7 +8,9 @@ own "last flag wins" parsing makes them the strongest of all.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ class Profile:
     env: dict[str, str]
     extra: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    # --set env.NAME=value: applied after everything else (None: remove the variable).
+    env_set: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -148,6 +152,95 @@ def parse_value(text: str) -> ArgValue:
     return text
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be: its type and, for numbers, its range."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed
+    note: str = ""
+
+
+# Settings with a known meaning and range. Others keep the type of the value they replace.
+RULES: dict[str, Rule] = {
+    "port": Rule(int, 1, 65535, note="a TCP port number"),
+    "gpu-memory-utilization": Rule(float, 0, 1, lo_open=True, note="a share of memory"),
+    "max-model-len": Rule(int, 1),
+    "max-num-seqs": Rule(int, 1),
+    "max-num-batched-tokens": Rule(int, 1),
+    "tensor-parallel-size": Rule(int, 1, 64),
+    "pipeline-parallel-size": Rule(int, 1, 64),
+    "nnodes": Rule(int, 1, 64),
+    "node-rank": Rule(int, 0, 63),
+}
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def typed_value(
+    key: str, text: str, current: ArgValue | None, where: str, name: str = ""
+) -> ArgValue:
+    """``text`` as a value for setting ``key``, or one line saying why it cannot be.
+
+    ``where`` names the source for the message (``--set port``, ``PORT (environment)``) and
+    ``name`` what the user writes (``PORT``; default ``key``)."""
+    rule = RULES.get(key) or (Rule(type(current)) if current is not None else None)
+    if rule is None:
+        return parse_value(text)
+    value = text if rule.kind is str else parse_value(text)
+    ok = (
+        (rule.kind is bool and isinstance(value, bool))
+        or (rule.kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (rule.kind is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or rule.kind is str
+    )
+    span = _span(rule)
+    what = rule.note or _KIND_WORDS.get(rule.kind, rule.kind.__name__)
+    if not ok:
+        raise UsageError(
+            f"{where} {text!r}",
+            f"is not {what}{span}",
+            f"Pass {_KIND_WORDS.get(rule.kind, 'a value')}{span}, "
+            f"e.g. {name or key}={_example(rule, current)}.",
+        )
+    if rule.kind is float:
+        value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low_bad = rule.lo is not None and (value < rule.lo or (rule.lo_open and value == rule.lo))
+        if low_bad or (rule.hi is not None and value > rule.hi):
+            raise UsageError(
+                f"{where} {text!r}",
+                f"is out of range for {key} ({what}{span})",
+                f"Pass a value{span}, e.g. {name or key}={_example(rule, current)}.",
+            )
+    return value
+
+
+def _span(rule: Rule) -> str:
+    lo, hi = rule.lo, rule.hi
+    if lo is None:
+        return ""
+    if hi is None:
+        return f" {'above' if rule.lo_open else 'of at least'} {lo:g}"
+    return f" {'above' if rule.lo_open else 'from'} {lo:g} {'up ' if rule.lo_open else ''}to {hi:g}"
+
+
+def _example(rule: Rule, current: ArgValue | None) -> str:
+    if current is not None and not isinstance(current, str):
+        return str(current).lower() if isinstance(current, bool) else str(current)
+    return {bool: "true", int: str(int(rule.lo or 1)), float: "0.8"}.get(rule.kind, "x")
+
+
+def env_port(environ: Mapping[str, str], default: int) -> int:
+    """PORT from the environment (the seed's name), checked, else ``default``."""
+    text = environ.get("PORT", "")
+    if not text.strip():
+        return default
+    return int(typed_value("port", text.strip(), default, f"PORT={text!r}", "PORT"))
+
+
 def _parse_set(item: str) -> tuple[str, str]:
     key, eq, value = item.partition("=")
     key = key.strip().removeprefix("--")
@@ -200,27 +293,41 @@ def resolve(
         elif key in CLUSTER_SETTINGS:
             settings[key] = value
         else:
-            args[key] = parse_value(value)
+            args[key] = typed_value(
+                key, value, args.get(key), f"{env_name} (environment)", env_name
+            )
 
-    valid = sorted({*args, "model", *CLUSTER_SETTINGS} | {f"env.{k}" for k in env})
+    valid = sorted({*args, "model", *CLUSTER_SETTINGS})
+    env_set: dict[str, str | None] = {}
     for item in ov.sets:
         key, value = _parse_set(item)
+        if key.startswith("env."):
+            # Any variable may be set for the server; an empty value removes the profile's.
+            var = key[4:]
+            if not ENV_NAME.fullmatch(var):
+                raise UsageError(
+                    f"--set {key}",
+                    "is not an environment variable name",
+                    "Write it as --set env.NAME=value, e.g. env.NCCL_DEBUG=WARN.",
+                )
+            env_set[var] = value or None
+            continue
         if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"Did you mean {near[0]}? " if near else ""
             raise UsageError(
                 f"--set {key}",
                 f"is not a setting of profile {name}",
-                f"Valid keys: {', '.join(valid)}; pass other vLLM flags after --.",
+                f"{hint}Valid keys: {', '.join(valid)}, env.NAME; pass other vLLM flags after --.",
             )
         if key == "model":
             model = value
         elif key in CLUSTER_SETTINGS:
             settings[key] = value
-        elif key.startswith("env."):
-            env[key[4:]] = value
         elif value == "":
             del args[key]
         else:
-            args[key] = parse_value(value)
+            args[key] = typed_value(key, value, args.get(key), f"--set {key}")
 
     if ov.model:
         model = ov.model
@@ -243,6 +350,7 @@ def resolve(
         env=env,
         extra=list(ov.extra),
         settings=settings,
+        env_set=env_set,
     )
 
 
