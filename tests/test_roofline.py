@@ -224,9 +224,10 @@ def test_invoke_bench_roofline_prints_the_computation(tmp_path: Path) -> None:
                                                              "lm head", "KV cache reads"}
     text = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "| lm head |" in text.stdout and "tok/s" in text.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
     bad = subprocess.run([sys.executable, "-m", "invoke", "bench", "--roofline", "--model",
-                          str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+                          str(empty)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "has no config.json" in bad.stderr
 
