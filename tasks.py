@@ -12,8 +12,10 @@ from typing import TypeVar
 
 from invoke import Collection, Context, Exit
 
+from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
+from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
 from turbo.errors import NotBuiltYet, TurboError
 from turbo.options import task
 
@@ -416,29 +418,49 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
                    ".turbo/bench/<time>).",
             "no_chart": "Skip the PNG chart (no matplotlib needed).",
             "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
-                       "a stall (default 120; not a limit on a long cell)."},
+                       "a stall (default 120; not a limit on a long cell).",
+            "roofline": "Print the decode roofline alone (bytes per token from --model's "
+                        "config and safetensors headers, over the bandwidth); no server.",
+            "bandwidth_gbs": "Memory bandwidth in GB/s for the roofline (default: the GPU's "
+                             "stated figure, GB10 273; a torch copy is measured and shown).",
+            "context": "Context length in tokens for --roofline's KV reads (default 2048; a "
+                       "bench cell uses its own prompt + half its output).",
+            "kv_dtype": "KV-cache dtype for the roofline (default: the profiles' "
+                        "kv-cache-dtype, fp8)."},
       checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
               "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
               "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
-              "out": opt.dir_target, "timeout": opt.SECONDS})
+              "out": opt.dir_target, "timeout": opt.SECONDS,
+              "bandwidth_gbs": _bandwidth.check_gbs, "context": opt.int_range(1, 10**7),
+              "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
-          no_chart: bool = False, timeout: int = 120, json: bool = False) -> None:
+          no_chart: bool = False, timeout: int = 120, roofline: bool = False,
+          bandwidth_gbs: float = 0.0, context: int = 0, kv_dtype: str = "",
+          json: bool = False) -> None:
     """Benchmark a running server: decode tok/s, TTFT and MTP acceptance vs the seed's figures.
 
-    Per prompt/output length, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and
-    a PNG chart.
+    Per prompt/output length, next to the seed's 36 / 42 / 67 tok/s, each as a share of the
+    memory-bandwidth roofline. Writes JSON, Markdown and a PNG chart. --roofline: the limit
+    alone, no server.
     """
     from turbo import bench as bn
 
     def go() -> None:
+        if roofline:
+            from turbo import roofline as rl
+
+            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
+                             kv_dtype=kv_dtype, as_json=json))
+            return
         print(bn.command(url=url, port=port or None, served_name=served_name,
                          prompt_lens=prompt_lens, output_lens=output_lens,
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
                          model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print))
+                         timeout=float(timeout), printer=_progress if json else print,
+                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype))
 
     _guard(go)
 
