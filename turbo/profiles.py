@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from turbo import memfit, schema
 from turbo.errors import TurboError, UsageError
 from turbo.pins import Pins
 
@@ -97,43 +98,126 @@ def _bad_file(path: Path, why: str) -> TurboError:
     return TurboError(f"profiles file {path}", why, "Restore turbo/data/profiles.toml from git.")
 
 
-def _check_value(path: Path, where: str, key: str, value: object) -> ArgValue:
-    if isinstance(value, bool | int | float | str):
-        return value
-    raise _bad_file(path, f"{where}.{key} must be a string, number or boolean")
+_FIX = "Fix it, or restore turbo/data/profiles.toml from git."
+_FLAG = schema.matches(r"[A-Za-z0-9][A-Za-z0-9_-]*", "a vLLM flag name such as max-model-len")
+_ENV = schema.matches(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
+_ARGS = schema.MapOf(schema.Value((str, int, float, bool)), required=False, key_check=_FLAG)
+_ENVS = schema.MapOf(schema.Value((str,)), required=False, key_check=_ENV)
+_SECONDS = schema.Value((float,), required=False, check=schema.POSITIVE)
+
+SCHEMA = schema.Table(
+    {
+        "defaults": schema.Table({"args": _ARGS, "env": _ENVS}, required=False),
+        "profiles": schema.MapOf(
+            schema.Table(
+                {
+                    "kind": schema.Value((str,), check=schema.one_of(*KINDS)),
+                    "description": schema.Value((str,), required=False),
+                    "cluster": schema.Value((bool,), required=False),
+                    "args": _ARGS,
+                    "env": _ENVS,
+                }
+            ),
+            key_check=schema.matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a profile name"),
+            nonempty=True,
+        ),
+        "env_names": schema.MapOf(schema.Value((str,)), required=False, key_check=_ENV),
+        "serve": schema.Table(
+            {
+                "health_timeout_s": _SECONDS,
+                "health_interval_s": _SECONDS,
+                "warmup_timeout_s": _SECONDS,
+                "stop_timeout_s": _SECONDS,
+            },
+            required=False,
+        ),
+        "cluster": schema.Table(
+            {
+                "ray_port": schema.Value((int,), required=False, check=schema.PORT),
+                "system_nccl": schema.Value((list,), required=False, item=(str,)),
+                "nccl_debug": schema.Value(
+                    (str,),
+                    required=False,
+                    check=schema.one_of("VERSION", "WARN", "INFO", "TRACE", "ABORT"),
+                ),
+                "nccl_debug_subsys": schema.Value((str,), required=False),
+            },
+            required=False,
+        ),
+        "memory": schema.Table(
+            {
+                "unified_gb": schema.Value((float,), required=False, check=schema.POSITIVE),
+                "overhead_gb": schema.Value((float,), required=False, check=schema.at_least(0)),
+                "max_safe_utilization": schema.Value(
+                    (float,), required=False, check=schema.between(0, 1, open_low=True)
+                ),
+            },
+            required=False,
+        ),
+        "model_shape": schema.Table(
+            {
+                k: schema.Value((int,), check=schema.at_least(1))
+                for k in memfit.ModelShape.__dataclass_fields__
+            },
+            required=False,
+        ),
+        "bench": schema.Table(
+            {
+                "seed": schema.MapOf(schema.Value((float,), check=schema.POSITIVE), False),
+                "prompt_lens": schema.Value(
+                    (list,), required=False, item=(int,), check=schema.at_least(1)
+                ),
+                "output_lens": schema.Value(
+                    (list,), required=False, item=(int,), check=schema.at_least(1)
+                ),
+                "repeats": schema.Value((int,), required=False, check=schema.at_least(1)),
+            },
+            required=False,
+        ),
+    }
+)
+
+
+def _check_book(raw: dict[str, Any], p: Path) -> None:
+    """What a schema cannot say: known settings within range, env_names naming a setting."""
+    defaults = raw.get("defaults", {})
+    tables = [("defaults.args", defaults.get("args", {}))]
+    tables += [(f"profiles.{n}.args", pr.get("args", {})) for n, pr in raw["profiles"].items()]
+    targets = {"model", "host", "port", "served-model-name", *CLUSTER_SETTINGS}
+    for where, args in tables:
+        targets.update(args)
+        for key, value in args.items():
+            rule = RULES.get(key)
+            why = rule.problem(value) if rule else None
+            if why:
+                raise schema.DataFileError(f"{p}: {where}.{key}", f"{why}, not {value!r}", _FIX)
+    for env_name, key in raw.get("env_names", {}).items():
+        if key not in targets:
+            near = schema.nearest(key, sorted(targets))
+            hint = f"Did you mean {near!r}? " if near else ""
+            raise schema.DataFileError(
+                f"{p}: env_names.{env_name}",
+                f"names {key!r}, which is no setting (it would pass --{key} to vLLM)",
+                f"{hint}Settings: {', '.join(sorted(targets))}. {_FIX}",
+            )
 
 
 def load_book(path: Path | None = None) -> ProfileBook:
-    """Parse the profiles file (the packaged one unless ``path`` is given)."""
+    """Parse and check the profiles file (the packaged one unless ``path`` is given)."""
     p = path or profiles_path()
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise _bad_file(p, f"cannot be read ({exc})") from exc
+    schema.validate(raw, SCHEMA, p, _FIX)
+    _check_book(raw, p)
     defaults = raw.get("defaults", {})
-    profiles = raw.get("profiles", {})
-    if not isinstance(profiles, dict) or not profiles:
-        raise _bad_file(p, "has no [profiles.*] tables")
-    for name, prof in profiles.items():
-        kind = prof.get("kind")
-        if kind not in KINDS:
-            raise _bad_file(p, f"profile {name} has kind {kind!r}, not one of {', '.join(KINDS)}")
-        for key, value in prof.get("args", {}).items():
-            _check_value(p, f"profiles.{name}.args", key, value)
-    d_args = {
-        k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
-    }
-    d_env = {k: str(v) for k, v in defaults.get("env", {}).items()}
-    sections = {
-        k: v
-        for k, v in raw.items()
-        if k not in ("defaults", "profiles", "env_names") and isinstance(v, dict)
-    }
+    sections = {k: v for k, v in raw.items() if k not in ("defaults", "profiles", "env_names")}
     return ProfileBook(
-        defaults_args=d_args,
-        defaults_env=d_env,
-        profiles=dict(profiles),
-        env_names={k: str(v) for k, v in raw.get("env_names", {}).items()},
+        defaults_args=dict(defaults.get("args", {})),
+        defaults_env=dict(defaults.get("env", {})),
+        profiles=dict(raw["profiles"]),
+        env_names=dict(raw.get("env_names", {})),
         sections=sections,
         source=str(p),
     )
@@ -161,6 +245,23 @@ class Rule:
     hi: float | None = None
     lo_open: bool = False  # lo itself is not allowed
     note: str = ""
+
+    def problem(self, value: object) -> str | None:
+        """Why a value from a data file does not fit, or None."""
+        want = self.note or _KIND_WORDS.get(self.kind, self.kind.__name__)
+        if isinstance(value, bool) != (self.kind is bool):
+            return f"must be {want}{_span(self)}"
+        if self.kind is bool:
+            return None
+        if self.kind in (int, float) and not isinstance(value, int | float):
+            return f"must be {want}{_span(self)}"
+        if self.kind is int and not isinstance(value, int):
+            return f"must be {want}{_span(self)}"
+        if isinstance(value, int | float):
+            low = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
+            if low or (self.hi is not None and value > self.hi):
+                return f"must be {want}{_span(self)}"
+        return None
 
 
 # Settings with a known meaning and range. Others keep the type of the value they replace.

@@ -347,8 +347,11 @@ def preflight(
                 "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
             )
         )
-        fit = memory_fit(plan, prof, book, probe, size_gb)
-        checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+        try:
+            fit = memory_fit(plan, prof, book, probe, size_gb)
+            checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+        except TurboError as err:
+            checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
