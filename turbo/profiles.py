@@ -21,6 +21,9 @@ from turbo.pins import Pins
 
 PROFILES_RESOURCE = "profiles.toml"
 KINDS = ("serve", "ray-head", "ray-worker")
+# What a profile serves on: "cuda" (the Spark; GPU checks, [defaults] apply) or "cpu" (vLLM's
+# CPU build: no GPU checks, memory fit on host RAM, and no GPU-only [defaults]).
+DEVICES = ("cuda", "cpu")
 # Settings that are not vLLM flags but fill "{...}" placeholders or drive the cluster setup.
 CLUSTER_SETTINGS = ("head", "node-ip")
 
@@ -40,6 +43,7 @@ class Profile:
     env: dict[str, str]
     extra: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    device: str = "cuda"
 
     @property
     def host(self) -> str:
@@ -116,6 +120,9 @@ def load_book(path: Path | None = None) -> ProfileBook:
             raise _bad_file(p, f"profile {name} has kind {kind!r}, not one of {', '.join(KINDS)}")
         for key, value in prof.get("args", {}).items():
             _check_value(p, f"profiles.{name}.args", key, value)
+        if prof.get("device", "cuda") not in DEVICES:
+            raise _bad_file(p, f"profile {name} has device {prof.get('device')!r}, not one of "
+                            f"{', '.join(DEVICES)}")
     d_args = {
         k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
     }
@@ -182,10 +189,12 @@ def resolve(
         "port": pins.serve.port,
         "served-model-name": pins.serve.served_name,
     }
-    if kind == "serve":
+    # `defaults = false`: a profile (cpu) for which the Spark's [defaults] are wrong.
+    inherit = kind == "serve" and raw.get("defaults", True) is not False
+    if inherit:
         args.update(b.defaults_args)
     args.update(raw.get("args", {}))
-    env = dict(b.defaults_env) if kind == "serve" else {}
+    env = dict(b.defaults_env) if inherit else {}
     env.update({k: str(v) for k, v in raw.get("env", {}).items()})
     model = pins.model.path
     settings: dict[str, str] = {}
@@ -243,6 +252,7 @@ def resolve(
         env=env,
         extra=list(ov.extra),
         settings=settings,
+        device=str(raw.get("device", "cuda")),
     )
 
 
