@@ -337,6 +337,11 @@ def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60) -> Non
     _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout)))
 
 
+def _progress(line: str) -> None:
+    """Progress of a client command on stderr, so stdout stays the result (--json)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 _CLIENT_HELP = {
     "url": "Server base URL (default http://127.0.0.1:PORT). VLLM_API_KEY is sent if set.",
     "port": "Port on this machine (default: PORT, else [serve].port in pins.toml).",
@@ -347,9 +352,12 @@ _CLIENT_HELP = {
 
 @task(help={**_CLIENT_HELP,
             "wait": "Seconds to wait for /health before failing (default 0).",
-            "max_tokens": "Token budget for the chat check (a thinking model needs room)."})
+            "max_tokens": "Token budget for the chat check (a thinking model needs room); "
+                          "fitted to the server's max_model_len.",
+            "timeout": "Seconds the server may stay silent mid-answer before the check fails "
+                       "as stalled (default 120; not a limit on a long answer)."})
 def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
-           max_tokens: int = 1024, json: bool = False) -> None:
+           max_tokens: int = 1024, timeout: int = 120, json: bool = False) -> None:
     """Check a running server: /health, /v1/models, one chat answer (17 + 25), /metrics.
 
     Prints a table; exits 1 when a check fails.
@@ -358,7 +366,8 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
 
     def go() -> int:
         text, rc = ver.command(url=url, port=port or None, served_name=served_name,
-                               wait_s=wait, max_tokens=max_tokens, as_json=json)
+                               wait_s=wait, max_tokens=max_tokens, as_json=json,
+                               timeout=float(timeout), say=_progress)
         print(text)
         return rc
 
@@ -377,11 +386,13 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
             "model": "Model directory, for the tokenizer of `vllm bench serve`.",
             "out": "Output directory for bench.json, bench.md, bench.png (default "
                    ".turbo/bench/<time>).",
-            "no_chart": "Skip the PNG chart (no matplotlib needed)."})
+            "no_chart": "Skip the PNG chart (no matplotlib needed).",
+            "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
+                       "a stall (default 120; not a limit on a long cell)."})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
-          no_chart: bool = False, json: bool = False) -> None:
+          no_chart: bool = False, timeout: int = 120, json: bool = False) -> None:
     """Benchmark a running server: decode tok/s and TTFT per prompt/output length, MTP draft
     acceptance, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and a PNG chart."""
     from turbo import bench as bn
@@ -390,7 +401,8 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
         print(bn.command(url=url, port=port or None, served_name=served_name,
                          prompt_lens=prompt_lens, output_lens=output_lens,
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
-                         model=model, out=out, chart=not no_chart, as_json=json))
+                         model=model, out=out, chart=not no_chart, as_json=json,
+                         timeout=float(timeout), printer=_progress if json else print))
 
     _guard(go)
 
@@ -659,9 +671,99 @@ def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
         raise Exit(code=1)
 
 
+# --------------------------------------------------------------------------- service
+_SERVICE_HELP = {
+    "profile": "Profile the unit serves (see `invoke serve --help`).",
+    "user": "A user unit (the default): ~/.config/systemd/user, no root needed.",
+    "system": "A system unit in /etc/systemd/system (needs root; runs as the checkout's owner).",
+    "name": "Unit vllm-turbo-NAME.service (default: the profile), e.g. for two ports.",
+    "unit_dir": "Write units here instead of systemd's directory (or TURBO_SYSTEMD_DIR).",
+    "dry_run": "Print the unit and the environment file's keys (values redacted); write nothing.",
+    "json": "Print machine-readable JSON.",
+}
+_SERVICE_SERVE_HELP = {k: _SERVE_HELP[k] for k in (
+    "port", "model", "host", "head", "node_ip", "ifname", "hca", "gid_index",
+    "health_timeout", "warmup")}
+_SERVICE_SERVE_HELP["set"] = ("key=value override of a profile setting, repeatable, as for "
+                              "serve (vLLM flags after -- are not carried into a unit).")
+
+
+@task(name="install", iterable=["set"], help={
+    **_SERVICE_HELP, **_SERVICE_SERVE_HELP,
+    "enable": "Also `systemctl enable --now` the unit.",
+    "requires": "tp2-serve: the Ray head's unit name (default tp2-head; empty for none).",
+})
+def service_install(c: Context, profile: str = "vanilla", user: bool = False,
+                    system: bool = False, name: str = "", unit_dir: str = "",
+                    port: int = 0, model: str = "", host: str = "",
+                    set: list[str] | None = None, head: str = "", node_ip: str = "",
+                    ifname: str = "", hca: str = "", gid_index: int = -1,
+                    health_timeout: int = 0, warmup: bool = True, requires: str = "tp2-head",
+                    enable: bool = False, dry_run: bool = False, json: bool = False) -> None:
+    """Write a systemd unit that runs `serve --profile P` (Type=notify: ready once warmed up).
+
+    Secrets go to a 0600 environment file beside it, never into the unit.
+    """
+    from turbo import service
+    from turbo.errors import UsageError
+
+    def go() -> int:
+        if user and system:
+            raise UsageError("service.install", "--user and --system both given", "Pick one.")
+        if c.remainder:
+            raise UsageError("service.install", "extra vLLM flags after -- are not carried "
+                             "into a unit", "Use --set key=value for profile settings.")
+        opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
+                                    head=head, node_ip=node_ip, ifname=ifname, hca=hca,
+                                    gid_index=gid_index, health_timeout=health_timeout,
+                                    warmup=warmup)
+        req = service.InstallRequest(profile, service.SYSTEM if system else service.USER,
+                                     name, unit_dir, requires, opts)
+        return service.install(req, dry_run=dry_run, enable=enable, as_json=json)
+
+    _guard(go)
+
+
+@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]})
+def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
+    """List vllm-turbo units (user and system) with systemd's active/enabled state."""
+    import dataclasses
+    import json as _json
+
+    from turbo import service
+
+    found = _guard(lambda: service.states(unit_dir=unit_dir))
+    print(_json.dumps([dataclasses.asdict(s) for s in found], indent=2) if json
+          else service.render_states(found))
+
+
+@task(name="uninstall", help={
+    **{k: _SERVICE_HELP[k] for k in ("user", "system", "unit_dir", "dry_run")},
+    "name": "Unit to remove: vllm-turbo-NAME.service (NAME as given to install).",
+    "profile": "Same as --name (install's default name is the profile).",
+    "purge": "Also remove its environment file (your secrets); kept by default.",
+})
+def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool = False,
+                      system: bool = False, unit_dir: str = "", purge: bool = False,
+                      dry_run: bool = False) -> None:
+    """Stop, disable and remove a unit written by service.install (never a foreign one)."""
+    from turbo import service
+    from turbo.errors import UsageError
+
+    def go() -> int:
+        if not (name or profile):
+            raise UsageError("service.uninstall", "no unit named",
+                                     "Pass --name NAME (see `invoke service.status`).")
+        return service.uninstall(name or profile, service.SYSTEM if system else service.USER,
+                                 purge=purge, dry_run=dry_run, unit_dir=unit_dir)
+
+    _guard(go)
+
+
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
                 verify, bench)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
                               patches_refresh, patches_archs))
 ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))
 ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))
+ns.add_collection(Collection("service", service_install, service_status, service_uninstall))

@@ -28,6 +28,9 @@ SHARED_REFERENCE = _shared_reference()
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TURBO_HOME", str(tmp_path / "turbo-home"))
+    # service.* and doctor's service row: never the real ~/.config/systemd or /etc.
+    monkeypatch.setenv("TURBO_SYSTEMD_DIR", str(tmp_path / "systemd-units"))
+    monkeypatch.setenv("TURBO_SERVICE_ENV_DIR", str(tmp_path / "service-env"))
     monkeypatch.delenv("MODEL", raising=False)
     monkeypatch.delenv("PORT", raising=False)
     yield

@@ -13,7 +13,14 @@ Run as a program it also accepts `vllm serve`'s command line (``serve MODEL --ho
 --served-model-name N ...``; other flags are ignored, ``--speculative-config`` turns on the
 speculative counters), so tests can put it on PATH as ``vllm`` and drive `invoke serve`.
 Failure modes: ``--mode never-healthy`` (``/health`` is 503 forever), ``errors`` (completions
-answer 500), ``drop`` (streams break off mid-way without ``[DONE]``).
+answer 500), ``drop`` (streams break off mid-way without ``[DONE]``), ``stall`` (completions
+accept the request, then go silent for ``stall_s``), ``html`` / ``json-list`` (every route
+answers 200 with a web page / a JSON list: something other than vLLM on the port).
+
+Like vLLM 0.16 it also serves ``/tokenize`` (one token per word here; a chat adds
+``CHAT_TEMPLATE_TOKENS``), takes a prompt as a list of token ids, refuses with vLLM's 400 a
+request whose prompt plus ``max_tokens`` exceeds ``max_model_len``, and sends usage in every
+chunk when ``stream_options.continuous_usage_stats`` is set.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from typing import Any
 OWNED_BY = "turbo-stand-in"
 # Accepted draft tokens per step, cycled: 2,1,2,1 of 2 drafts = 75 % acceptance.
 ACCEPT_CYCLE = (2, 1, 2, 1)
+# Tokens the chat template adds around the messages (vLLM counts them in the prompt).
+CHAT_TEMPLATE_TOKENS = 9
+HTML = b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>"
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Options:
     startup_s: float = 0.0
     api_key: str | None = None
     max_model_len: int = 65536
+    stall_s: float = 30.0
 
 
 @dataclass
@@ -94,6 +105,11 @@ def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def token_ids(text: str) -> list[int]:
+    """One id per word, stable per word (a stand-in tokenizer)."""
+    return [sum(w.encode()) % 1000 for w in text.split()] or [0]
+
+
 class Handler(BaseHTTPRequestHandler):
     server: StandInServer
     protocol_version = "HTTP/1.1"
@@ -120,8 +136,18 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     # ----------------------------------------------------------------- routes
+    def _not_vllm(self) -> bool:
+        mode = self.server.state.opts.mode
+        if mode == "html":
+            self._send(200, HTML, "text/html; charset=utf-8")
+        elif mode == "json-list":
+            self._json(200, [])
+        return mode in ("html", "json-list")
+
     def do_GET(self) -> None:
         st = self.server.state
+        if self._not_vllm():
+            return
         if self.path == "/health":
             ready = time.monotonic() - st.started >= st.opts.startup_s
             ok = ready and st.opts.mode != "never-healthy"
@@ -145,6 +171,17 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._json(400, {"error": "bad JSON"})
             return
+        if self._not_vllm():
+            return
+        if self.path == "/tokenize" and self._authorized():
+            if "messages" in body:
+                text = " ".join(str(m.get("content", "")) for m in body["messages"])
+                ids = token_ids(text) + [1] * CHAT_TEMPLATE_TOKENS
+            else:
+                ids = token_ids(str(body.get("prompt", "")))
+            self._json(200, {"count": len(ids), "max_model_len": st.opts.max_model_len,
+                             "tokens": ids, "token_strs": None})
+            return
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
             self._json(404, {"error": "not found"})
             return
@@ -159,13 +196,29 @@ class Handler(BaseHTTPRequestHandler):
                              "message": f"The model `{body.get('model')}` does not exist."})
             return
         chat = self.path == "/v1/chat/completions"
+        raw_prompt = body.get("prompt", "")
         if chat:
             prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+            n_prompt = count_tokens(prompt) + CHAT_TEMPLATE_TOKENS
+        elif isinstance(raw_prompt, list):
+            prompt, n_prompt = "", len(raw_prompt)
         else:
-            prompt = str(body.get("prompt", ""))
+            prompt = str(raw_prompt)
+            n_prompt = count_tokens(prompt)
         answer = answer_for(prompt)
-        n_prompt = count_tokens(prompt)
         n_out = int(body.get("max_tokens") or 16)
+        mml = st.opts.max_model_len
+        if n_prompt >= mml or n_prompt + n_out > mml:
+            # vLLM 0.16's wording (entrypoints/openai/engine/serving.py).
+            self._json(400, {"error": {
+                "message": f"'max_tokens' or 'max_completion_tokens' is too large: {n_out}. "
+                           f"This model's maximum context length is {mml} tokens and your "
+                           f"request has {n_prompt} input tokens ({n_out} > {mml} - "
+                           f"{n_prompt}).",
+                "type": "BadRequestError", "param": "max_tokens", "code": 400}})
+            return
+        if st.opts.mode == "stall" and not body.get("stream"):
+            time.sleep(st.opts.stall_s)
         if not body.get("ignore_eos"):
             n_out = min(n_out, count_tokens(answer))
         if body.get("stream"):
@@ -227,15 +280,26 @@ class Handler(BaseHTTPRequestHandler):
             self._event({**chunk(None), "choices": [{"index": 0, "finish_reason": None,
                                                       "delta": {"role": "assistant",
                                                                 "content": ""}}]})
+        if st.opts.mode == "stall":
+            # The headers (and a chat's role chunk) went out; then nothing (a stuck engine).
+            time.sleep(st.opts.stall_s)
+            self.close_connection = True
+            return
         time.sleep(st.opts.ttft_s)
+        opts = body.get("stream_options") or {}
+        continuous = bool(opts.get("include_usage") and opts.get("continuous_usage_stats"))
         sent = 0
         for i, n in enumerate(st.steps(n_out)):
             if i:
                 time.sleep(n / st.opts.tokens_per_s)
             words = [answer] if sent == 0 else []
             words += ["x"] * (n - len(words))
-            self._event(chunk((" " if sent else "") + " ".join(words)))
             sent += n
+            event = chunk((" " if sent > n else "") + " ".join(words))
+            if continuous:
+                event["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": sent,
+                                  "total_tokens": n_prompt + sent}
+            self._event(event)
             if st.opts.mode == "drop" and sent >= max(1, n_out // 2):
                 # Break the connection mid-stream: no final chunk, no [DONE].
                 self.close_connection = True
@@ -244,7 +308,6 @@ class Handler(BaseHTTPRequestHandler):
                 return
         self._event(chunk(None if chat else "", "length" if n_out > 1 else "stop"))
         self._account(n_prompt, n_out, st.opts.ttft_s)
-        opts = body.get("stream_options") or {}
         if opts.get("include_usage"):
             self._event({"id": "cmpl-stand-in", "object": obj, "created": int(time.time()),
                          "model": st.opts.served_name, "choices": [],
@@ -327,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default=None)
     # Tests that launch it as `vllm` set these through the environment.
     ap.add_argument("--mode", default=os.environ.get("STANDIN_MODE", "normal"),
-                    choices=["normal", "never-healthy", "errors", "drop"])
+                    choices=["normal", "never-healthy", "errors", "drop", "stall", "html",
+                             "json-list"])
     ap.add_argument("--startup-s", type=float, default=float(os.environ.get("STANDIN_STARTUP_S",
                                                                           "0")))
     ap.add_argument("--tokens-per-s", type=float, default=2000.0)

@@ -6,10 +6,16 @@ Two measuring tools:
 - ``vllm``: vLLM's own ``vllm bench serve`` (random dataset, ``--ignore-eos``), the reference
   the community compares against; it ships with the build, tokenizes with the model's own
   tokenizer, so prompt lengths are exact. Its median TPOT gives decode tok/s.
-- ``builtin``: streaming requests against the OpenAI API, timing the first and last token and
-  taking the token count from the final usage chunk (``stream_options.include_usage``), which
-  stays right when MTP delivers several tokens per chunk. Used where vLLM is not installed
-  (another machine, CI) or with ``--tool builtin``.
+- ``builtin``: streaming requests against the OpenAI API. Tokens are counted from the usage
+  the server reports with every chunk (``stream_options.continuous_usage_stats``), never from
+  chunks or text: MTP delivers several tokens per chunk, and a byte-level tokenizer may send a
+  token with no text. Prompts are built to the exact token count through vLLM's ``/tokenize``
+  and sent as token ids. Used where vLLM is not installed (another machine, CI) or with
+  ``--tool builtin``.
+
+Every cell must fit the server's context (``max_model_len`` from ``/v1/models``): one that
+cannot is skipped with a note, not sent. ``timeout`` bounds the server's silence; progress is
+printed while a cell runs.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class Sample:
     ttft_s: float
     decode_tok_s: float
     e2e_s: float
+    # Tokens that arrived with the first one (the decode rate counts the rest); None when the
+    # server sent no per-chunk usage and one token had to be assumed.
+    first_chunk_tokens: int | None = None
 
 
 @dataclass
@@ -90,6 +99,12 @@ class Report:
     seed: dict[str, float]
     cells: list[Cell]
     started: str
+    max_model_len: int | None = None
+    # Cells of the grid the server's context cannot hold: {prompt_len, output_len, concurrency,
+    # why}; never sent.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    # How the builtin tool's prompts were sized: "exact (/tokenize)" or an estimate.
+    prompt_sizing: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,30 +116,115 @@ def prompt_text(n_words: int) -> str:
     return f"Request {uuid.uuid4().hex[:12]}. Continue this list: " + " ".join(words)
 
 
+class Prompts:
+    """Prompts of an exact token count: the text of :func:`prompt_text` tokenized by the
+    server's own ``/tokenize`` and cut to length, sent as token ids (vLLM takes a list of ids
+    as a completion prompt and adds nothing to it). A server without ``/tokenize`` gets the
+    text, about one token per word."""
+
+    def __init__(self, ep: endpoint.Endpoint, served_name: str) -> None:
+        self.ep = ep
+        self.served_name = served_name
+        self.exact: bool | None = None
+
+    def make(self, n_tokens: int) -> str | list[int]:
+        if self.exact is False:
+            return prompt_text(n_tokens)
+        words = n_tokens
+        for _ in range(6):
+            ids = endpoint.tokenize(
+                self.ep,
+                {
+                    "model": self.served_name,
+                    "prompt": prompt_text(words),
+                    "add_special_tokens": False,
+                },
+            )
+            if ids is None:
+                self.exact = False
+                return prompt_text(n_tokens)
+            self.exact = True
+            if len(ids) >= n_tokens:
+                return ids[:n_tokens]
+            # Fewer tokens than words (a large vocabulary merges words): ask for more words.
+            words = words * 2 + 16
+        raise TurboError(
+            "bench",
+            f"could not build a {n_tokens}-token prompt through /tokenize",
+            "The server's tokenizer returns too few tokens; use --tool vllm.",
+        )
+
+    def sizing(self) -> str:
+        if self.exact is None:
+            return ""
+        if self.exact:
+            return "exact: token ids cut to length through the server's /tokenize"
+        return "estimated: the server has no /tokenize, about one token per word"
+
+
+class Meter:
+    """Tokens received so far across a cell's streams, for the progress line."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens = 0
+        self.started = time.monotonic()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.tokens += n
+
+    def line(self) -> str:
+        waited = time.monotonic() - self.started
+        if self.tokens:
+            return f"      ... {waited:.0f} s, {self.tokens} tokens received"
+        return f"      ... {waited:.0f} s, waiting for the first token"
+
+
 def measure_one(
-    ep: endpoint.Endpoint, served_name: str, prompt_len: int, output_len: int, timeout: float
+    ep: endpoint.Endpoint,
+    served_name: str,
+    prompt: str | list[int],
+    output_len: int,
+    timeout: float,
+    meter: Meter | None = None,
 ) -> Sample:
+    """One streamed completion. TTFT is the first chunk that carries a token; the decode rate
+    is (tokens after the first chunk) / (last token's arrival - first's), tokens as the
+    server's usage counts them."""
     body = {
         "model": served_name,
-        "prompt": prompt_text(prompt_len),
+        "prompt": prompt,
         "max_tokens": output_len,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     t0 = time.perf_counter()
-    first = last = None
+    first = last = first_text = last_text = None
+    first_n: int | None = None
+    seen = 0
+    per_chunk = False
     usage: dict[str, Any] | None = None
     for t, event in endpoint.stream(ep, "/v1/completions", body, timeout=timeout):
-        for choice in event.get("choices") or []:
-            if choice.get("text"):
-                first = first if first is not None else t
+        choices = event.get("choices") or []
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("text"):
+                first_text = first_text if first_text is not None else t
+                last_text = t
+        u = event.get("usage")
+        if isinstance(u, dict):
+            usage = u
+            per_chunk = per_chunk or bool(choices)
+            n_now = int(u.get("completion_tokens") or 0)
+            if n_now > seen:
+                if first is None:
+                    first, first_n = t, n_now
                 last = t
-        if event.get("usage"):
-            usage = event["usage"]
-    if first is None or last is None:
-        raise TurboError("bench", "the stream carried no text", "Check the server log.")
+                if meter is not None:
+                    meter.add(n_now - seen)
+                seen = n_now
     if usage is None:
         raise TurboError(
             "bench",
@@ -132,13 +232,20 @@ def measure_one(
             "The server must honour stream_options.include_usage (vLLM does).",
         )
     n = int(usage.get("completion_tokens", 0))
-    decode = (n - 1) / (last - first) if n > 1 and last > first else 0.0
+    if not per_chunk:
+        # Usage only at the end (no per-chunk usage): assume one token in the first chunk.
+        first, last, first_n = first_text, last_text, None
+    if first is None or last is None:
+        raise TurboError("bench", "the stream carried no tokens", "Check the server log.")
+    after_first = n - (first_n if first_n is not None else 1)
+    decode = after_first / (last - first) if after_first > 0 and last > first else 0.0
     return Sample(
         prompt_tokens=int(usage.get("prompt_tokens", 0)),
         output_tokens=n,
         ttft_s=first - t0,
         decode_tok_s=decode,
         e2e_s=last - t0,
+        first_chunk_tokens=first_n,
     )
 
 
@@ -169,20 +276,27 @@ def run_builtin_cell(
     concurrency: int,
     repeats: int,
     timeout: float,
+    prompts: Prompts | None = None,
+    meter: Meter | None = None,
 ) -> Cell:
     cell = Cell(prompt_len, output_len, concurrency, "builtin")
+    prompts = prompts or Prompts(ep, served_name)
     before = _scrape(ep)
     aggregates: list[float] = []
     for _ in range(repeats):
         results: list[Sample | BaseException] = []
         lock = threading.Lock()
+        # Built before the clock starts: tokenizing is not the server's decode time.
+        texts = [prompts.make(prompt_len) for _ in range(concurrency)]
 
         def one(
-            results: list[Sample | BaseException] = results, lock: threading.Lock = lock
+            prompt: str | list[int],
+            results: list[Sample | BaseException] = results,
+            lock: threading.Lock = lock,
         ) -> None:
             try:
                 s: Sample | BaseException = measure_one(
-                    ep, served_name, prompt_len, output_len, timeout
+                    ep, served_name, prompt, output_len, timeout, meter
                 )
             except BaseException as exc:  # handed to the main thread below
                 s = exc
@@ -190,7 +304,7 @@ def run_builtin_cell(
                 results.append(s)
 
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=one) for _ in range(concurrency)]
+        threads = [threading.Thread(target=one, args=(text,)) for text in texts]
         for t in threads:
             t.start()
         for t in threads:
@@ -287,6 +401,8 @@ def run_vllm_cell(
     repeats: int,
     work: Path,
     out: Out,
+    timeout: float = 120.0,
+    every: float = 10.0,
 ) -> Cell:
     cell = Cell(prompt_len, output_len, concurrency, "vllm bench serve")
     name = f"vllm-p{prompt_len}-o{output_len}-c{concurrency}.json"
@@ -294,15 +410,66 @@ def run_vllm_cell(
         ep, served_name, model, prompt_len, output_len, concurrency, repeats, work, name
     )
     before = _scrape(ep)
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
+    log = work / f"{name}.log"
+    rc = run_watched(argv, log, ep, before, timeout, every, out)
+    if rc != 0:
+        raise TurboError("vllm bench serve", f"exit {rc}", f"Read {log}.")
+    try:
+        result = json.loads((work / name).read_text())
+    except (OSError, ValueError) as exc:
         raise TurboError(
-            "vllm bench serve", f"exit {proc.returncode}", f"Read {work / (name + '.log')}."
-        )
-    parse_vllm_result(json.loads((work / name).read_text()), cell)
+            "vllm bench serve", f"wrote no readable result ({exc})", f"Read {log}."
+        ) from exc
+    parse_vllm_result(result, cell)
     _spec(cell, before, _scrape(ep))
     return cell
+
+
+def run_watched(
+    argv: Sequence[str],
+    log: Path,
+    ep: endpoint.Endpoint,
+    before: Mapping[str, float],
+    timeout: float,
+    every: float,
+    out: Out,
+) -> int:
+    """Run a benchmark subprocess into ``log`` while watching the server's own token counter
+    (``vllm:generation_tokens_total``): a progress line every ``every`` s, and a stall
+    (no new token for ``timeout`` s while the tool still waits) ends it with a stall's advice
+    instead of a silent wait. Returns the exit code."""
+    gen = "vllm:generation_tokens_total"
+    start = last_change = time.monotonic()
+    last_count = before.get(gen)
+    next_note = start + every
+    with log.open("w") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=min(1.0, every))
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                count = _scrape(ep).get(gen) if last_count is not None else None
+                if count is not None and count != last_count:
+                    last_count, last_change = count, now
+                elif count is not None and now - last_change > timeout:
+                    raise endpoint.stalled(
+                        ep, "/v1/completions", now - last_change, f" (log: {log})"
+                    )
+                if now >= next_note:
+                    made = f", {count - before.get(gen, 0):.0f} tokens generated" if count else ""
+                    out(f"      ... {now - start:.0f} s{made}")
+                    next_note = now + every
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def choose_tool(tool: str, model: str) -> tuple[str, str]:
@@ -327,19 +494,26 @@ def choose_tool(tool: str, model: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------ the whole run
-def server_info(ep: endpoint.Endpoint, served_name: str) -> str:
-    r = endpoint.get(ep, "/v1/models")
-    if r.status_code != 200:
-        raise TurboError(
-            ep.url("/v1/models"), f"HTTP {r.status_code}", "Check the server (`invoke verify`)."
-        )
-    for m in r.json().get("data", []):
-        if m.get("id") == served_name:
-            return str(m.get("owned_by", "?"))
+def server_info(ep: endpoint.Endpoint, served_name: str) -> endpoint.Model:
+    listed = endpoint.models(ep)
+    for m in listed:
+        if m.id == served_name:
+            return m
     raise UsageError(
         "bench",
-        f"the server does not serve {served_name!r}",
+        f"the server does not serve {served_name!r} (it lists {[m.id for m in listed]})",
         "Pass --served-name with one of the names /v1/models lists.",
+    )
+
+
+def fits(prompt_len: int, output_len: int, max_model_len: int | None) -> str:
+    """Why a cell cannot be sent ('' when it fits): vLLM refuses a prompt plus max_tokens
+    beyond max_model_len with a 400."""
+    if max_model_len is None or prompt_len + output_len <= max_model_len:
+        return ""
+    return (
+        f"prompt {prompt_len} + output {output_len} tokens exceed the server's "
+        f"max_model_len {max_model_len}"
     )
 
 
@@ -355,19 +529,23 @@ def run(
     tool: str,
     seed: Mapping[str, float],
     work: Path,
-    timeout: float = 600.0,
+    timeout: float = 120.0,
     out: Out = print,
+    every: float = 10.0,
 ) -> Report:
+    """``timeout``: the longest silence allowed from the server (a stall), not a cell's
+    length; ``out`` gets progress every ``every`` s while a cell runs."""
     if (
         repeats < 1
         or not prompt_lens
         or not output_lens
         or not concurrency
         or min([*prompt_lens, *output_lens, *concurrency]) < 1
+        or timeout <= 0
     ):
         raise UsageError(
             "bench grid",
-            "lengths, concurrency and repeats must be >= 1",
+            "lengths, concurrency and repeats must be >= 1, the timeout positive",
             "For example --prompt-lens 128,2048 --output-lens 128 --repeats 3.",
         )
     if not endpoint.healthy(ep):
@@ -376,33 +554,55 @@ def run(
             "is not healthy",
             "Start the server (`invoke serve --detach`) and wait for it.",
         )
-    owned_by = server_info(ep, served_name)
+    info = server_info(ep, served_name)
     chosen, reason = choose_tool(tool, model)
     report = Report(
         ep.base,
         served_name,
-        owned_by,
-        owned_by != "vllm",
+        info.owned_by,
+        info.owned_by != "vllm",
         chosen,
         reason,
         repeats,
         dict(seed),
         [],
         time.strftime("%Y-%m-%dT%H:%M:%S"),
+        max_model_len=info.max_model_len,
     )
     if report.stand_in:
-        out(f"warning: {STAND_IN_WARNING} (owned_by={owned_by!r})")
+        out(f"warning: {STAND_IN_WARNING} (owned_by={info.owned_by!r})")
+    grid = [(p, o, c) for c in concurrency for p in prompt_lens for o in output_lens]
+    cells = []
+    for p, o, c in grid:
+        why = fits(p, o, info.max_model_len)
+        if why:
+            out(f"skip: prompt {p}, output {o}, concurrency {c}: {why}")
+            report.skipped.append({"prompt_len": p, "output_len": o, "concurrency": c, "why": why})
+        else:
+            cells.append((p, o, c))
+    if not cells:
+        raise UsageError(
+            "bench grid",
+            f"no cell fits the server's max_model_len {info.max_model_len}",
+            "Choose --prompt-lens and --output-lens whose sums fit, or serve with a larger "
+            "--max-model-len.",
+        )
     work.mkdir(parents=True, exist_ok=True)
-    cells = [(p, o, c) for c in concurrency for p in prompt_lens for o in output_lens]
+    prompts = Prompts(ep, served_name)
     for i, (p, o, c) in enumerate(cells, 1):
         out(f"[{i}/{len(cells)}] prompt {p}, output {o}, concurrency {c}, x{repeats} ({chosen})")
         if chosen == "vllm":
-            cell = run_vllm_cell(ep, served_name, model, p, o, c, repeats, work, out)
+            cell = run_vllm_cell(
+                ep, served_name, model, p, o, c, repeats, work, out, timeout, every
+            )
         else:
-            cell = run_builtin_cell(ep, served_name, p, o, c, repeats, timeout)
+            meter = Meter()
+            with endpoint.heartbeat(out, every, meter.line):
+                cell = run_builtin_cell(ep, served_name, p, o, c, repeats, timeout, prompts, meter)
         acc = f", acceptance {cell.acceptance:.0%}" if cell.acceptance is not None else ""
         out(f"      TTFT {cell.ttft_ms:.0f} ms, decode {cell.decode_tok_s:.1f} tok/s{acc}")
         report.cells.append(cell)
+    report.prompt_sizing = prompts.sizing()
     return report
 
 
@@ -425,6 +625,7 @@ def markdown(report: Report) -> str:
             f"| {c.prompt_len} | {c.output_len} | {c.concurrency} | {c.ttft_ms:.0f} "
             f"| {c.decode_tok_s:.1f} | {c.aggregate_tok_s:.1f} | {acc} | {mal} |"
         )
+    lines += _notes(report)
     lines += [
         "",
         "Seed figures (one DGX Spark, single-stream decode):",
@@ -436,12 +637,41 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(report: Report, path: Path) -> Path:
-    """Decode tok/s per grid cell (single stream) against the seed's figures."""
-    import matplotlib
+def _notes(report: Report) -> list[str]:
+    """Skipped cells and how prompts were sized, under the table that they qualify."""
+    lines: list[str] = []
+    if report.prompt_sizing:
+        lines += ["", f"Prompt lengths: {report.prompt_sizing}."]
+    if report.skipped:
+        lines += ["", f"Skipped (the server's max_model_len is {report.max_model_len}):"]
+        lines += [
+            f"- prompt {s['prompt_len']}, output {s['output_len']}, "
+            f"concurrency {s['concurrency']}: {s['why']}"
+            for s in report.skipped
+        ]
+    return lines
 
+
+def _pyplot() -> Any:
+    """matplotlib is a declared dependency of the chart; a trimmed environment may lack it."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise TurboError(
+            "bench chart",
+            f"matplotlib is not importable ({exc})",
+            "Install it (`pip install matplotlib`, or `pixi install` for the project's "
+            "environment) or pass --no-chart; bench.json and bench.md are written either way.",
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chart(report: Report, path: Path) -> Path:
+    """Decode tok/s per grid cell (single stream) against the seed's figures."""
+    plt = _pyplot()
 
     single = [c for c in report.cells if c.concurrency == 1] or report.cells
     labels = [
@@ -476,6 +706,7 @@ def chart(report: Report, path: Path) -> Path:
 
 
 def write(report: Report, out_dir: Path, with_chart: bool = True) -> dict[str, Path]:
+    """The JSON and Markdown first: a chart that cannot be drawn never costs the numbers."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md"}
     files["json"].write_text(json.dumps(report.to_dict(), indent=2))
@@ -500,12 +731,14 @@ def render(report: Report) -> str:
     ]
     head = f"{STAND_IN_WARNING}\n" if report.stand_in else ""
     seed = ", ".join(f"{k} {v:g}" for k, v in report.seed.items())
+    notes = "\n".join(_notes(report))
     return (
         head
         + render_table(
             ["prompt", "output", "conc", "TTFT ms", "decode tok/s", "total tok/s", "MTP accept"],
             rows,
         )
+        + (f"\n{notes}" if notes else "")
         + f"\n\nseed (tok/s, single stream): {seed}"
     )
 
@@ -538,6 +771,7 @@ def command(
     chart: bool,
     as_json: bool,
     printer: Out = print,
+    timeout: float = 120.0,
 ) -> str:
     """What `invoke bench` does after parsing: run the grid, write the files, summarise."""
     from turbo import paths
@@ -559,6 +793,7 @@ def command(
         tool=tool,
         seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
         work=out_dir / "raw",
+        timeout=timeout,
         out=printer,
     )
     files = write(report, out_dir, with_chart=chart)

@@ -408,7 +408,16 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
         check_model(model),
         check_port(h, pins.serve.host, port),
     ]
+    checks += check_service()
     return checks
+
+
+def check_service() -> list[Check]:
+    """A row only when a vllm-turbo unit is installed: its systemd state (turbo/service.py)."""
+    from turbo import service
+
+    row = service.doctor_row()
+    return [Check(*row)] if row else []
 
 
 def exit_code(checks: list[Check]) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, extra_args, memfit, paths, stamp, vllm_log
+from turbo import cluster, endpoint, extra_args, memfit, notify, paths, stamp, vllm_log
 from turbo.adopt import gb10_verdict
 from turbo.console import TaskLog, redact_argv, redact_env, render_table
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
@@ -691,12 +691,19 @@ def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
 def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None = None) -> int:
     argv = _resolve_exe(plan.argv)
     console = sink or sys.stdout
+    # Under a Type=notify unit (turbo/service.py): progress as STATUS=, READY=1 once warmed up.
+    notifier = notify.Notifier.from_env()
+
+    def say(line: str) -> None:
+        out(line)
+        notifier.status(line)
+
     with TaskLog(f"serve-{plan.profile}") as log:
         log.write("argv: " + shlex.join(redact_argv(plan.argv)))
         log.write("env: " + json.dumps(redact_env(plan.env)))
         proc = subprocess.Popen(
             argv,
-            env={**os.environ, **plan.env},
+            env=notify.child_env({**os.environ, **plan.env}),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -705,12 +712,15 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             bufsize=1,
         )
         pidf = record(plan, proc.pid, log.path)
+        notifier.status(f"started vllm (pid {proc.pid}); waiting for /health")
         stopping = threading.Event()
         signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             # Second signal: the user means it.
             sig = signal.SIGKILL if stopping.is_set() else signum
+            if not stopping.is_set():
+                notifier.stopping(f"stopping vllm (signal {signum})")
             stopping.set()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
@@ -728,7 +738,8 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
         try:
             if plan.api:
                 try:
-                    _after_start(plan, proc, sup, out, log.path, stopping)
+                    _after_start(plan, proc, sup, say, log.path, stopping)
+                    notifier.ready(f"serving {plan.served_name} at {plan.endpoint}")
                 except KeyboardInterrupt:
                     pass
                 except BaseException:
