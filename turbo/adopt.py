@@ -54,9 +54,8 @@ else:
     dist = None
     for d in md.distributions():
         name = (d.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith("vllm") and (d.read_text("top_level.txt") or "vllm").split()[:1] == ["vllm"]:
-            files = d.files or []
-            if any(str(f).startswith("vllm/") for f in files):
+        if name.startswith("vllm"):
+            if any(str(f).startswith("vllm/") for f in (d.files or [])):
                 dist = d
                 break
     if dist is not None:
@@ -96,9 +95,7 @@ def probe_vllm(python: Path) -> dict[str, Any]:
     proc = subprocess.run(
         [str(python), "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False
     )
-    line = next(
-        (ln for ln in proc.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None
-    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None)
     if proc.returncode != 0 or line is None:
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         raise TurboError(f"probing {python}", last, "Pass --vllm with a working vLLM install.")
@@ -282,9 +279,7 @@ def model_problems(model_dir: Path) -> tuple[list[str], list[ShardInfo]]:
         try:
             weight_map = {
                 str(k): str(v)
-                for k, v in json.loads(index_path.read_text(encoding="utf-8"))[
-                    "weight_map"
-                ].items()
+                for k, v in json.loads(index_path.read_text(encoding="utf-8"))["weight_map"].items()
             }
         except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             problems.append(f"{INDEX_NAME} has no readable weight_map ({exc!r})")
@@ -341,13 +336,17 @@ def adopt_model(
     if existing is not None and not force and existing.extra.get("adopted") is not True:
         raise TurboError(
             f"adopt-model {d}",
-            f"it already has a manifest from fetch-model ({existing.repo}@{existing.revision[:12]})",
+            f"it already has a manifest from fetch-model "
+            f"({existing.repo}@{existing.revision[:12]})",
             "Use `invoke fetch-model` to re-check it, or pass --force to replace the manifest.",
         )
     files = sorted(
         p
         for p in d.rglob("*")
-        if p.is_file() and not p.is_symlink() and p.name != MANIFEST_NAME and ".cache" not in p.parts
+        if p.is_file()
+        and not p.is_symlink()
+        and p.name != MANIFEST_NAME
+        and ".cache" not in p.parts
     )
     total = sum(p.stat().st_size for p in files)
     out(

@@ -247,8 +247,11 @@ def _build(spec: EnvSpec, root: Path, progress: Progress) -> CpuEnv:
     )
     _run([*pip, "install", "--no-deps", str(wheel)], log, progress, f"installing {wheel.name}")
     probe = subprocess.run(
-        [str(py), "-c", "import json, torch, vllm; print(json.dumps([vllm.__version__, "
-         "torch.__version__]))"],
+        [
+            str(py),
+            "-c",
+            "import json, torch, vllm; print(json.dumps([vllm.__version__, torch.__version__]))",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -303,8 +306,15 @@ def _ensure_plugin(env: CpuEnv, plugin: Path, progress: Progress) -> None:
     shutil.copytree(plugin, with_tmp, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     _run(
         [
-            str(env.python), "-m", "pip", "--disable-pip-version-check", "install",
-            "--no-deps", "--no-build-isolation", "--force-reinstall", str(with_tmp),
+            str(env.python),
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--force-reinstall",
+            str(with_tmp),
         ],
         log,
         progress,

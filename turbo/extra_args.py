@@ -28,7 +28,9 @@ def _value(extra: list[str], i: int, flag: str) -> tuple[str, int]:
     if "=" in word:
         return word.split("=", 1)[1], i + 1
     if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-        raise UsageError(f"-- {flag}", "has no value", f"Write `-- {flag} VALUE` or serve's own option.")
+        raise UsageError(
+            f"-- {flag}", "has no value", f"Write `-- {flag} VALUE` or serve's own option."
+        )
     return extra[i + 1], i + 2
 
 
@@ -53,7 +55,9 @@ def absorb(ov: Overrides) -> Overrides:
             )
         key = MANAGED[flag]
         if key in found and found[key] != value:
-            raise UsageError(f"-- {flag}", f"is given twice ({found[key]} and {value})", "Give it once.")
+            raise UsageError(
+                f"-- {flag}", f"is given twice ({found[key]} and {value})", "Give it once."
+            )
         found[key] = value
     if not found:
         return ov
@@ -65,9 +69,7 @@ def absorb(ov: Overrides) -> Overrides:
             )
         new = int(found["port"])
         if port is not None and port != new:
-            raise UsageError(
-                "--port", f"is {port} but -- --port says {new}", "Give the port once."
-            )
+            raise UsageError("--port", f"is {port} but -- --port says {new}", "Give the port once.")
         port = new
     for key, current in (("host", ov.host), ("model", ov.model)):
         if key in found and current and current != found[key]:

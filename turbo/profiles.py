@@ -121,8 +121,11 @@ def load_book(path: Path | None = None) -> ProfileBook:
         for key, value in prof.get("args", {}).items():
             _check_value(p, f"profiles.{name}.args", key, value)
         if prof.get("device", "cuda") not in DEVICES:
-            raise _bad_file(p, f"profile {name} has device {prof.get('device')!r}, not one of "
-                            f"{', '.join(DEVICES)}")
+            raise _bad_file(
+                p,
+                f"profile {name} has device {prof.get('device')!r}, not one of "
+                f"{', '.join(DEVICES)}",
+            )
     d_args = {
         k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
     }

@@ -9,9 +9,11 @@ Two shapes, both real Hugging Face layouts that vLLM loads unchanged:
 - ``qwen3``: a dense Qwen3 of the same width, for what does not need the hybrid.
 
 Both get a byte-level BPE tokenizer trained here on a few sentences (vocab 512) with a ChatML
-chat template, so `/v1/chat/completions` works. Weights are random but seeded: the same seed
-gives the same files, so greedy output is reproducible and can be compared token for token
-with transformers.
+chat template, so `/v1/chat/completions` works. Weights are random but seeded, then taught
+in a few seconds the two chat answers the product asks for (verify's "17 + 25" -> "42", the
+warm-up's "Say OK." -> "OK"), so `invoke verify` passes against the real server; everything
+else it says is noise. Greedy output is deterministic and is compared token for token with
+transformers.
 
 Needs torch, transformers and tokenizers (the vLLM CPU environment has them); imported lazily
 so ``turbo`` itself stays light. Run as ``python -m turbo.tiny_model {qwen3-next,qwen3} DIR``.
@@ -140,6 +142,7 @@ def make(kind: str, out: Path, seed: int = 0) -> Path:
         )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _spread(model, torch)
+    _teach(model, tok, torch)
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True, max_shard_size="1MB")
     if kind == "qwen3-next":
@@ -161,6 +164,63 @@ def _spread(model: Any, torch: Any) -> None:
                 p.copy_(torch.log(torch.empty_like(p).uniform_(1.0, 8.0)))
             else:
                 p.copy_(0.08 * torch.randn_like(p))
+
+
+def lessons() -> list[tuple[str, str]]:
+    """(question, answer) pairs the tiny model learns: what verify and serve's warm-up ask."""
+    from turbo.verify import EXPECTED, QUESTION
+
+    return [(QUESTION, EXPECTED), ("Say OK.", "OK")]
+
+
+def _teach(model: Any, tok: Any, torch: Any, steps: int = 300) -> None:
+    """Teach the chat answers (answer + <|im_end|>) by fitting the LM head only.
+
+    With teacher forcing, the hidden state at each answer position is fixed by the random
+    body, so fitting ``lm_head`` on those few states is a small logistic regression:
+    milliseconds, where training the whole model through transformers' PyTorch fallback for
+    the gated delta-net takes seconds per step on 2 cores.
+    """
+    feats, targets, examples = [], [], []
+    with torch.no_grad():
+        for question, answer in lessons():
+            prompt = tok.apply_chat_template(
+                [{"role": "user", "content": question}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            a_ids = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([p_ids + a_ids])
+            hidden = model.model(input_ids=ids).last_hidden_state[0]
+            n = len(p_ids)
+            feats.append(hidden[n - 1 : n - 1 + len(a_ids)])
+            targets += a_ids
+            examples.append((ids, None, n, a_ids))
+    x = torch.cat(feats)
+    y = torch.tensor(targets)
+    head = model.lm_head.weight
+    weight = head.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([weight], lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(x @ weight.T, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        head.copy_(weight)
+    if not _knows(model, examples, torch):
+        raise RuntimeError("the tiny model did not learn its chat answers")
+
+
+def _knows(model: Any, examples: list[Any], torch: Any) -> bool:
+    model.eval()
+    with torch.no_grad():
+        for ids, _, n_prompt, a_ids in examples:
+            gen = model.generate(ids[:, :n_prompt], max_new_tokens=len(a_ids), do_sample=False)
+            if gen[0, n_prompt:].tolist() != a_ids:
+                return False
+    return True
 
 
 def _add_mtp(model: Any, out: Path, torch: Any) -> None:

@@ -19,8 +19,10 @@ _RECORD = re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \S+ \[
 # Our own TaskLog prefix: "01:02:03 ".
 _TASKLOG = re.compile(r"^\d\d:\d\d:\d\d ")
 # The last line of a traceback: "pkg.mod.SomeError: message" (or a bare "SomeError").
-_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)|AssertionError)"
-                  r"(?::\s*(.*))?$")
+_EXC = re.compile(
+    r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)|AssertionError)"
+    r"(?::\s*(.*))?$"
+)
 # Wrappers that only point elsewhere ("See root cause above").
 _WRAPPERS = ("see root cause above", "engine core initialization failed")
 
