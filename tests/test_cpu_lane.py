@@ -256,3 +256,30 @@ def test_demo_dry_run_lists_the_real_commands(tmp_path: Path,
                 "verify --port 8123", "bench --port 8123", "stop --port 8123"):
         assert f"invoke {cmd}" in text
     assert not (tmp_path / "envs").exists()  # a dry run installs nothing
+
+
+def test_words_after_dashes_keep_the_shells_quoting() -> None:
+    spec = '{"method":"mtp","num_speculative_tokens":1}'
+    argv = ["invoke", "serve", "--", "--speculative-config", spec]
+    # invoke's remainder is the words joined with spaces: splitting it again loses the quotes.
+    remainder = " ".join(argv[3:])
+    assert extra_args.words_after_dashes(argv, remainder) == ["--speculative-config", spec]
+    assert extra_args.words_after_dashes(["x"], "--a 'b c'") == ["--a", "b c"]
+
+
+def test_serve_passes_json_after_dashes_to_vllm_intact(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = '{"method":"mtp","num_speculative_tokens":1}'
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "serve", "--profile", "cpu", "--model",
+         str(tmp_path), "--dry-run", "--json", "--", "--speculative-config", spec],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    argv = json.loads(proc.stdout)["argv"]
+    assert argv[argv.index("--speculative-config") + 1] == spec
+
+
+def test_ray_nodes_accept_any_usable_build() -> None:
+    assert serve.build_check(_cpu_stamp(), "any").status == PASS
+    assert serve.build_check({"result": "failed"}, "any").status == FAIL

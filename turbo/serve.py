@@ -230,6 +230,7 @@ def _uses_ray(plan: Plan) -> bool:
 
 
 def build_check(built: Mapping[str, Any] | None, device: str = "cuda") -> Check:
+    """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any")."""
     if built is not None and built.get("result") == stamp.OK:
         adopted = (built.get("source") or {}).get("kind") == "adopted"
         what = (
@@ -374,7 +375,8 @@ def preflight(
                     )
                 )
     else:
-        checks.append(build_check(built))
+        # A Ray node only advertises its build; tp2-serve's own checks judge the device.
+        checks.append(build_check(built, "any"))
         ray = probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)

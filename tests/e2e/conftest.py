@@ -12,7 +12,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,14 @@ def lane(cpu_env: cpu_vllm.CpuEnv, tmp_path_factory: pytest.TempPathFactory) -> 
     return lane
 
 
+@pytest.fixture(scope="session")
+def model(lane: Lane, tiny_next: Path) -> Path:
+    """The tiny Qwen3-Next, adopted (`invoke adopt-model`): what serve accepts."""
+    res = lane.invoke("adopt-model", str(tiny_next))
+    assert res.rc == 0, res.stdout + res.stderr
+    return tiny_next
+
+
 def stamp_of(lane: Lane) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((lane.home / "build-stamp.json").read_text())
     return data
@@ -97,7 +104,3 @@ def pid_alive(pid: int) -> bool:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
-
-@pytest.fixture
-def no_leftovers() -> Iterator[None]:
-    yield

@@ -42,8 +42,8 @@ def test_adopt_vllm_stamps_the_cpu_build(lane: Lane, cpu_env: cpu_vllm.CpuEnv) -
     assert s["vllm_exe"] == str(cpu_env.vllm)
 
 
-def test_gpu_profiles_refuse_the_cpu_build(lane: Lane, tiny_next: Path) -> None:
-    assert lane.invoke("adopt-model", str(tiny_next)).rc == 0
+def test_gpu_profiles_refuse_the_cpu_build(lane: Lane, model: Path) -> None:
+    tiny_next = model
     res = lane.invoke("serve", "--profile", "vanilla", "--model", str(tiny_next), "--dry-run",
                       "--json")
     assert res.rc == 0, res.stderr
@@ -57,7 +57,8 @@ def test_gpu_profiles_refuse_the_cpu_build(lane: Lane, tiny_next: Path) -> None:
     assert "above" not in line  # the other failures are named, not pointed at
 
 
-def test_adopt_model_checks_every_shard(lane: Lane, tiny_next: Path, tmp_path: Path) -> None:
+def test_adopt_model_checks_every_shard(lane: Lane, model: Path, tmp_path: Path) -> None:
+    tiny_next = model
     m = read_manifest(tiny_next)
     assert m is not None and m.extra.get("adopted") is True
     on_disk = sorted(
@@ -83,9 +84,9 @@ def test_adopt_model_checks_every_shard(lane: Lane, tiny_next: Path, tmp_path: P
 
 # ------------------------------------------------------------------------------ detached
 @pytest.fixture(scope="module")
-def server(lane: Lane, tiny_next: Path) -> Any:
+def server(lane: Lane, model: Path) -> Any:
+    tiny_next = model
     port = demo.free_port()
-    assert lane.invoke("adopt-model", str(tiny_next), "--force").rc == 0
     t0 = time.monotonic()
     res = lane.invoke("serve", "--profile", "cpu", "--detach", "--port", str(port), "--model",
                       str(tiny_next), "--", *EXTRA)
@@ -200,7 +201,8 @@ def test_stop_ends_the_detached_server(lane: Lane, server: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ foreground
-def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, tiny_next: Path) -> None:
+def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, model: Path) -> None:
+    tiny_next = model
     port = demo.free_port()
     argv = [sys.executable, "-m", "invoke", "serve", "--profile", "cpu", "--port", str(port),
             "--model", str(tiny_next), "--no-warmup", "--", *EXTRA]
@@ -226,7 +228,8 @@ def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, tiny_next: Path) -
 
 
 # ------------------------------------------------------------------------------ failures
-def test_speculative_launch_fails_with_vllms_root_cause(lane: Lane, tiny_next: Path) -> None:
+def test_speculative_launch_fails_with_vllms_root_cause(lane: Lane, model: Path) -> None:
+    tiny_next = model
     port = demo.free_port()
     res = lane.invoke("serve", "--profile", "cpu", "--detach", "--port", str(port), "--model",
                       str(tiny_next), "--", *EXTRA, "--speculative-config",
