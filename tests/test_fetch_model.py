@@ -222,7 +222,11 @@ def test_unrecorded_files_are_hashed_before_adoption(hub: HubServer, tmp_path: P
     files = repo_files(hub)
     (dest / "config.json").write_bytes(files["config.json"].data)
     (dest / SHARD2).write_bytes(b"\0" * len(files[SHARD2].data))  # right size, wrong bytes
-    result = model_fetch.fetch_model(request(dest))
+    # Not written by fetch-model: hashed, and replaced only when the user says so.
+    with pytest.raises(TurboError, match=f"{SHARD2}.*--adopt-existing"):
+        model_fetch.fetch_model(request(dest))
+    assert (dest / SHARD2).read_bytes() == b"\0" * len(files[SHARD2].data)
+    result = model_fetch.fetch_model(request(dest, adopt_existing=True))
     assert result.repaired == [SHARD2]
     assert hub.state.bytes_sent["config.json"] == 0
     assert (dest / SHARD2).read_bytes() == files[SHARD2].data
@@ -321,19 +325,6 @@ def test_offline_complete_and_incomplete(hub: HubServer, tmp_path: Path,
     assert f"missing: {SHARD2}" in line and "truncated: tokenizer.json (3 of" in line
     assert "HF_HUB_OFFLINE" in line
     assert hub.state.requests == []  # offline means no request at all
-
-
-def test_leftovers_are_cleaned(hub: HubServer, tmp_path: Path) -> None:
-    dest = tmp_path / "model"
-    incomplete = dest / ".cache" / "huggingface" / "download" / "abc.Xy12.incomplete"
-    incomplete.parent.mkdir(parents=True)
-    incomplete.write_bytes(b"\0" * 1000)
-    stale = dest / model_fetch.STAGING / ("f" * 64 + ".part")
-    stale.parent.mkdir()
-    stale.write_bytes(b"old")
-    result = model_fetch.fetch_model(request(dest))
-    assert not incomplete.exists() and not stale.exists()
-    assert len(result.cleaned) == 2
 
 
 def test_recorded_commit_is_reused(hub: HubServer, tmp_path: Path) -> None:

@@ -53,6 +53,19 @@ def test_unusable_addresses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.count("cannot reach NOTIFY_SOCKET") == 1
 
 
+def test_progress_is_throttled_and_ends_at_ready(tmp_path: Path) -> None:
+    with NotifyListener.at(tmp_path) as nl:
+        progress = notify.Progress(notify.Notifier(nl.address), interval=60)
+        progress.offer("Loading safetensors checkpoint shards: 0% Completed\n")
+        progress.offer("Loading safetensors checkpoint shards: 50% Completed\n")  # too soon
+        progress.ready("serving")
+        progress.offer("after ready")
+        assert nl.wait_for("READY", timeout=5) is not None
+    assert [m.raw for m in nl.messages] == [
+        "STATUS=vllm: Loading safetensors checkpoint shards: 0% Completed",
+        "READY=1\nSTATUS=serving"]
+
+
 def test_children_never_get_the_socket() -> None:
     env = notify.child_env({"NOTIFY_SOCKET": "/run/x", "PATH": "/bin"})
     assert env == {"PATH": "/bin"}
@@ -107,6 +120,11 @@ def test_ready_only_after_health_and_warm_up(tmp_path: Path) -> None:
             assert before[0].seen["health"] != 200  # still loading when serve said so
             assert any(s.startswith("healthy after") for s in nl.statuses())
             assert any(s.startswith("warm-up:") for s in nl.statuses())
+            # vLLM's own output while it loads (the stand-in's first line), never after READY.
+            assert any(s == f"vllm: stand-in serving qwen3-next at http://127.0.0.1:{port}"
+                       for s in nl.statuses())
+            assert all(not m.fields.get("STATUS", "").startswith("vllm: ")
+                       for m in nl.messages if m.at > ready.at)
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
         finally:

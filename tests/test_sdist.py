@@ -148,3 +148,61 @@ def test_real_sdist_matches_the_pinned_sha(vllm_sdist_pristine: Path) -> None:
     for part in ("CMakeLists.txt", "cmake/utils.cmake", "csrc/quantization/fp4/nvfp4_utils.cuh",
                  "vllm/model_executor/layers/quantization/modelopt.py"):
         assert (vllm_sdist_pristine / part).is_file(), part
+
+
+# --------------------------------------------------------------------------- any release (matrix)
+def test_list_releases_sorts_numerically_and_drops_prereleases(fake_index: FakeIndex) -> None:
+    for v in ("0.9.0", "0.10.0", "0.10.1rc1", "0.8.0"):
+        fake_index.files[f"vllm-{v}.tar.gz"] = _tarball(v)
+    fake_index.files["vllm-0.11.0-py3-none-any.whl"] = b"wheel"
+    assert [v for v, _ in sdist.list_releases()] == ["0.8.0", "0.9.0", "0.10.0"]
+    assert [v for v, _ in sdist.list_releases(minimum="0.9.0")] == ["0.9.0", "0.10.0"]
+
+
+def test_plan_says_how_much_then_fetches_and_needs_no_network_after(
+    fake_index: FakeIndex,
+) -> None:
+    for v in ("1.0.0", "1.0.1"):
+        fake_index.files[f"vllm-{v}.tar.gz"] = _tarball(v)
+    plan = sdist.plan_fetch(["1.0.0", "1.0.1"])
+    size = sum(len(fake_index.files[f"vllm-{v}.tar.gz"]) for v in ("1.0.0", "1.0.1"))
+    assert plan.download_bytes == size and not plan.cached
+    assert "will download 2" in plan.describe()
+    got = sdist.fetch_planned(plan)
+    assert {v: p.read_bytes() for v, p in got.items()} == {
+        v: fake_index.files[f"vllm-{v}.tar.gz"] for v in ("1.0.0", "1.0.1")
+    }
+    side = sdist.cached_path("1.0.0").with_name("vllm-1.0.0.tar.gz.sha256")
+    assert side.read_text().split() == [
+        hashlib.sha256(fake_index.files["vllm-1.0.0.tar.gz"]).hexdigest(),
+        "vllm-1.0.0.tar.gz",
+    ]
+    before = len(fake_index.requests)
+    again = sdist.plan_fetch(["1.0.0", "1.0.1"])
+    assert not again.missing and again.describe().startswith("all 2 sdist(s) cached")
+    assert len(fake_index.requests) == before, "a fully cached plan must not ask the index"
+
+
+def test_corrupt_cached_release_is_not_trusted(fake_index: FakeIndex) -> None:
+    fake_index.files["vllm-2.0.0.tar.gz"] = _tarball("2.0.0")
+    path = sdist.vllm_sdist("2.0.0")
+    path.write_bytes(b"bit rot")
+    assert sdist.cached_sdist("2.0.0") is None
+    assert sdist.plan_fetch(["2.0.0"]).missing
+    assert sdist.vllm_sdist("2.0.0").read_bytes() == fake_index.files["vllm-2.0.0.tar.gz"]
+
+
+def test_file_cached_before_sidecars_is_checked_once_against_the_index(
+    fake_index: FakeIndex,
+) -> None:
+    body = _tarball("3.0.0")
+    fake_index.files["vllm-3.0.0.tar.gz"] = body
+    cached = sdist.cached_path("3.0.0")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(body)
+    assert sdist.cached_sdist("3.0.0") is None  # unknown hash: not trusted offline
+    assert sdist.vllm_sdist("3.0.0") == cached
+    before = len(fake_index.requests)
+    assert sdist.cached_sdist("3.0.0") == cached
+    assert sdist.vllm_sdist("3.0.0") == cached
+    assert len(fake_index.requests) == before

@@ -246,7 +246,7 @@ def test_system_unit_needs_root(env: dict[str, str], tmp_path: Path) -> None:
     service.install(req, dry_run=True, environ=real, euid=1000, systemctl=no_systemctl,
                     out=lines.append)
     text = "\n".join(lines)
-    assert "/etc/systemd/system/vllm-turbo-vanilla.service (would write)" in text
+    assert "/etc/systemd/system/vllm-turbo-vanilla.service (would write; needs root)" in text
     assert "User=" in text and "WantedBy=multi-user.target" in text
 
 
@@ -306,7 +306,10 @@ def test_status_and_doctor_row(env: dict[str, str]) -> None:
     _, status, _, fix = service.doctor_row(env, fake_systemctl("failed")) or ("", "", "", "")
     assert status == "fail" and "journalctl --user -u vllm-turbo-mtp.service" in fix
     assert service.doctor_row(env, fake_systemctl("activating"))[1] == "warn"  # type: ignore[index]
-    assert [c.name for c in doctor.check_service()] == ["service"]
+    row = doctor.check_service()
+    assert [(c.name, c.status) for c in row] == [("service", "pass")]
+    assert row[0].detail == ("vllm-turbo-mtp.service (user): installed at "
+                             f"{units_dir() / 'vllm-turbo-mtp.service'} (no systemctl to ask)")
     r = cli(env, "service.status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["profile"] == "mtp"
 
@@ -359,3 +362,43 @@ def test_the_units_command_notifies_ready_once_warmed_up(env: dict[str, str],
                 proc.kill()
         assert nl.wait_for("STOPPING", timeout=5) is not None
     assert proc.returncode == 0, out
+
+
+def test_in_the_real_directory_systemctl_is_driven(env: dict[str, str], tmp_path: Path) -> None:
+    """Where the unit directory is systemd's own (here under a temporary XDG_CONFIG_HOME):
+    daemon-reload after writing, enable --now on request, disable --now before removing."""
+    real = {k: v for k, v in env.items() if k != "TURBO_SYSTEMD_DIR"}
+    real["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    calls: list[list[str]] = []
+
+    def systemctl(args: list[str]) -> tuple[int, str]:
+        calls.append(args)
+        return (0, "systemd 252 (252.38)") if args == ["--version"] else (0, "")
+
+    lines: list[str] = []
+    req = service.InstallRequest("vanilla")
+    service.install(req, dry_run=False, enable=True, environ=real, systemctl=systemctl,
+                    out=lines.append)
+    unit = tmp_path / "config" / "systemd" / "user" / "vllm-turbo-vanilla.service"
+    assert unit.exists()
+    assert calls[1:] == [["--user", "daemon-reload"],
+                         ["--user", "enable", "--now", "vllm-turbo-vanilla.service"]]
+    assert "loginctl enable-linger" in lines[-1]
+    calls.clear()
+    service.uninstall("vanilla", service.USER, purge=False, dry_run=False, environ=real,
+                      systemctl=systemctl, out=lines.append)
+    assert calls == [["--user", "disable", "--now", "vllm-turbo-vanilla.service"],
+                     ["--user", "daemon-reload"]]
+    assert not unit.exists()
+
+
+def test_a_second_serving_unit_is_flagged(env: dict[str, str]) -> None:
+    install(env, "tp2-head")
+    lines: list[str] = []
+    req = service.InstallRequest("mtp", serve=service.ServeOptions())
+    service.install(req, dry_run=True, environ=env, systemctl=no_systemctl, out=lines.append)
+    assert "one Spark holds one" not in "\n".join(lines)  # Ray's unit serves no model
+    install(env, "vanilla")
+    lines.clear()
+    service.install(req, dry_run=True, environ=env, systemctl=no_systemctl, out=lines.append)
+    assert "vllm-turbo-vanilla.service also serve(s) a model" in "\n".join(lines)

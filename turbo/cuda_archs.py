@@ -4,9 +4,16 @@ vLLM's CMakeLists.txt decides per kernel family with ``cuda_archs_loose_intersec
 "<family list>" "${CUDA_ARCHS}")`` (cmake/utils.cmake), inside ``if()`` blocks on the CUDA
 version. A full configure needs torch and a GPU toolchain; this module needs only ``cmake``:
 it cuts from the tree's CMakeLists.txt the commands that decide archs (the ``if``/``else``
-structure, ``set``/``list`` on ``*ARCHS`` variables, the arch helpers) and runs them with
-``cmake -P`` after including the tree's own cmake/utils.cmake. The CUDA flags are what torch
-passes for ``TORCH_CUDA_ARCH_LIST`` (``-gencode arch=compute_121a,code=sm_121a`` for 12.1a).
+structure, ``foreach`` loops, ``set``/``list`` on ``*ARCHS``/``*ARCH_FLAGS`` variables, and
+calls to the tree's own arch helpers) and runs them with ``cmake -P`` after including the
+tree's own cmake/utils.cmake. The CUDA flags are what torch passes for
+``TORCH_CUDA_ARCH_LIST`` (``-gencode arch=compute_121a,code=sm_121a`` for 12.1a).
+
+The helpers are found in each tree's utils.cmake rather than listed here, because releases
+rename them (0.28 replaced ``clear_cuda_arches`` with ``clear_cuda_gencode_flags`` and added
+``warn_if_ptx_arch_requested``); a helper counts when its name speaks of archs or gencode
+flags and it does not touch source properties (``set_gencode_flags_for_srcs``) or the HIP
+path (``override_gpu_arches``).
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from pathlib import Path
 from turbo.errors import TurboError
 
 _KEEP = {
-    "if", "elseif", "else", "endif",
+    "if", "elseif", "else", "endif", "foreach", "endforeach", "break", "continue",
     "cuda_archs_loose_intersection", "clear_cuda_arches", "extract_unique_cuda_archs_ascending",
 }  # fmt: skip
+# Helpers of utils.cmake that must not run in script mode or do not decide CUDA archs.
+_HELPER_SKIP = ("_for_srcs", "override_gpu_arches")
 # Set before the cut-out runs so the CUDA branches are the ones taken.
 _PRELUDE = """\
 cmake_minimum_required(VERSION 3.21)
@@ -64,18 +73,37 @@ _CONDITION_WORDS = {
 }
 
 
-def _condition(args: str) -> str:
+def _condition(args: str, loop_vars: frozenset[str] = frozenset()) -> str:
     """The condition as written when it only tests what decides archs; else FALSE.
 
     Conditions on anything else (torch version warnings, code generators, source paths) guard
     no arch decision; they are made false so their bodies (left out anyway) cannot matter.
+    Loop variables of kept ``foreach`` loops over arch lists count as arch values.
     """
     unquoted = re.sub(r'"[^"]*"', "", args)
     for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", unquoted):
-        if word in _CONDITION_WORDS or word in _KNOWN or word.endswith("ARCHS"):
+        if (
+            word in _CONDITION_WORDS
+            or word in _KNOWN
+            or word in loop_vars
+            or word.endswith(("ARCHS", "ARCH_FLAGS"))
+        ):
             continue
         return "FALSE"
     return args
+
+
+def arch_helpers(utils: Path) -> frozenset[str]:
+    """The functions and macros of a tree's utils.cmake that compute arch lists."""
+    names = set()
+    for name, args, _line in _commands(utils.read_text(encoding="utf-8")):
+        if name.lower() not in {"function", "macro"} or not args.split():
+            continue
+        fn = args.split()[0]
+        low = fn.lower()
+        if ("arch" in low or "gencode" in low) and not any(s in low for s in _HELPER_SKIP):
+            names.add(low)
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -168,22 +196,42 @@ def _commands(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+_LIST_OPS = {
+    "APPEND", "PREPEND", "INSERT", "REMOVE_ITEM", "REMOVE_AT", "REMOVE_DUPLICATES", "SORT",
+    "FILTER", "TRANSFORM", "POP_BACK", "POP_FRONT", "REVERSE",
+}  # fmt: skip
+
+
 def _is_arch_var(args: str) -> bool:
     words = args.split()
     if not words:
         return False
-    first = (
-        words[1]
-        if words[0] in {"APPEND", "REMOVE_ITEM", "REMOVE_DUPLICATES", "SORT"} and (len(words) > 1)
-        else words[0]
+    first = words[1] if words[0] in _LIST_OPS and (len(words) > 1) else words[0]
+    return first.endswith(("ARCHS", "ARCH_FLAGS"))
+
+
+def _reports_family(command: str, var: str) -> bool:
+    """A kernel family's list is decided here: an intersection, or another helper (for
+    example ``cuda_archs_sm90plus``) whose first argument is an ``*_ARCHS`` output."""
+    if command == "cuda_archs_loose_intersection":
+        return True
+    return (
+        command not in _KEEP
+        and command not in {"set", "list"}
+        and var.endswith("_ARCHS")
+        and var != "CUDA_ARCHS"
     )
-    return first.endswith("ARCHS")
 
 
 def build_script(cmakelists: Path, utils: Path, arch_list: str, cuda_version: str) -> str:
     """The ``cmake -P`` script: prelude, the tree's utils.cmake, and the arch-deciding cut."""
     text = cmakelists.read_text(encoding="utf-8")
     flags = torch_gencode_flags(arch_list)
+    keep = _KEEP | arch_helpers(utils)
+    cmds = _commands(text)
+    loop_vars = frozenset(
+        args.split()[0] for name, args, _ in cmds if name.lower() == "foreach" and args.split()
+    )
     lines = [
         _PRELUDE,
         f'set(CMAKE_CUDA_COMPILER_VERSION "{cuda_version}")',
@@ -191,17 +239,17 @@ def build_script(cmakelists: Path, utils: Path, arch_list: str, cuda_version: st
         f'set(CMAKE_CUDA_FLAGS "{flags}")',
         f'include("{utils.as_posix()}")',
     ]
-    for name, args, line in _commands(text):
+    for name, args, line in cmds:
         low = name.lower()
         if low in {"if", "elseif"}:
-            lines.append(f"{name}({_condition(args)})")
-        elif low in _KEEP or (low in {"set", "list"} and _is_arch_var(args)):
+            lines.append(f"{name}({_condition(args, loop_vars)})")
+        elif low in keep or (low in {"set", "list"} and _is_arch_var(args)):
             lines.append(f"{name}({args})")
-            if low == "cuda_archs_loose_intersection":
-                var = args.split()[0]
+            var = args.split()[0] if args.split() else ""
+            if _reports_family(low, var):
                 lines.append(f'message(STATUS "TURBO|{line}|{var}|${{{var}}}")')
             if low == "extract_unique_cuda_archs_ascending" or (
-                low == "cuda_archs_loose_intersection" and args.split()[0] == "CUDA_ARCHS"
+                low == "cuda_archs_loose_intersection" and var == "CUDA_ARCHS"
             ):
                 lines.append(f'message(STATUS "TURBO|{line}|CUDA_ARCHS|${{CUDA_ARCHS}}")')
     return "\n".join(lines) + "\n"
@@ -224,9 +272,10 @@ def resolve(src: Path, arch_list: str, cuda_version: str = "13.0.88") -> ArchRep
             "Pass --src with a vLLM source tree.",
         )
     requested = {
-        line: args.split('"')[1] if '"' in args else ""
-        for name, args, line in _commands(cml.read_text(encoding="utf-8"))
+        line: (args.split('"')[1] if '"' in args else "")
         if name == "cuda_archs_loose_intersection"
+        else f"{name}()"
+        for name, args, line in _commands(cml.read_text(encoding="utf-8"))
     }
     with tempfile.TemporaryDirectory(prefix="turbo-archs-") as tmp:
         script = Path(tmp) / "archs.cmake"

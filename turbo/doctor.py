@@ -20,7 +20,9 @@ from pathlib import Path
 
 from turbo import paths
 from turbo.console import render_table
+from turbo.errors import TurboError
 from turbo.pins import Pins
+from turbo.profiles import env_port
 from turbo.stamp import read_stamp
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -346,8 +348,10 @@ def check_model(model_dir: Path) -> Check:
 
     try:
         manifest = read_manifest(model_dir)
+        problems = check_local(model_dir, manifest) if manifest is not None else []
     except TurboError as err:
-        return Check("model", FAIL, err.why, "Re-run `pixi run fetch-model --verify`.")
+        # Which file and what to do: the manifest's own error carries both.
+        return Check("model", FAIL, f"{err.what}: {err.why}", err.fix)
     if manifest is None:
         return Check(
             "model",
@@ -355,7 +359,6 @@ def check_model(model_dir: Path) -> Check:
             f"no model manifest in {model_dir}",
             "Run `pixi run fetch-model` (~45 GB).",
         )
-    problems = check_local(model_dir, manifest)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return Check(
@@ -389,7 +392,10 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     stamp = read_stamp()
     model = paths.model_dir(pins)
     model_ok = (model / MODEL_MANIFEST).exists()
-    port = int(h.env.get("PORT") or pins.serve.port)
+    try:
+        port_check = check_port(h, pins.serve.host, env_port(h.env, pins.serve.port))
+    except TurboError as err:
+        port_check = Check("serve port", FAIL, f"{err.what} {err.why}", err.fix)
     checks = [check_cpu(h), check_gpu(h, smi), check_driver(smi, pins)]
     checks += check_cuda(h, pins)
     checks += [
@@ -406,7 +412,7 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
         check_pixi(h),
         check_vllm_built(stamp),
         check_model(model),
-        check_port(h, pins.serve.host, port),
+        port_check,
     ]
     checks += check_service()
     return checks

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turbo import contain
 from turbo.errors import TurboError
 from turbo.jsonfile import write_json_atomic
 
@@ -74,11 +75,33 @@ def manifest_path(model_dir: Path) -> Path:
     return model_dir / MANIFEST_NAME
 
 
-def _bad(path: Path, why: str) -> TurboError:
-    return TurboError(
-        f"model manifest {path}",
-        why,
-        "Re-run `invoke fetch-model` to rebuild it (complete files are kept).",
+class ManifestUnusable(TurboError):
+    """The manifest exists but cannot be trusted (unreadable, malformed, or naming paths
+    outside its model directory). fetch-model rebuilds it by hashing the files against the
+    hub; every other reader stops with this line."""
+
+
+def rebuild_fix(model_dir: Path) -> str:
+    return (
+        f"Run `invoke fetch-model --dest {model_dir}` with network access: it hashes the "
+        "files there against the hub and writes a new manifest (matching files are not "
+        "downloaded again)."
+    )
+
+
+def _bad(path: Path, why: str) -> ManifestUnusable:
+    return ManifestUnusable(f"model manifest {path}", why, rebuild_fix(path.parent))
+
+
+def model_file(model_dir: Path, rel: str) -> Path:
+    """Where a manifest entry lives: inside ``model_dir``, symlinks followed, or refused."""
+    path = manifest_path(model_dir)
+    return contain.inside(
+        model_dir,
+        rel,
+        source=f"model manifest {path}",
+        fix="The manifest was edited or the model dir holds a link out of it. "
+        + rebuild_fix(model_dir),
     )
 
 
@@ -95,6 +118,10 @@ def parse_manifest(data: Any, source: Path) -> Manifest:
             )
             for f in data["files"]
         )
+        for f in files:
+            why = contain.lexical_problem(f.path)
+            if why is not None:
+                raise _bad(source, f"names {f.path!r}, which {why}; nothing was touched")
         return Manifest(
             repo=str(data["repo"]),
             revision=str(data["revision"]),
@@ -149,7 +176,7 @@ def size_problems(model_dir: Path, files: Iterable[ManifestFile]) -> list[str]:
     """Missing or wrong-sized files, one line each."""
     problems: list[str] = []
     for f in files:
-        p = model_dir / f.path
+        p = model_file(model_dir, f.path)
         try:
             size = p.stat().st_size
         except FileNotFoundError:
@@ -205,7 +232,7 @@ def hash_problems(
     """Re-hash every present, right-sized file against the manifest's sha256."""
     problems: list[str] = []
     for f in manifest.files:
-        p = model_dir / f.path
+        p = model_file(model_dir, f.path)
         if not p.is_file() or p.stat().st_size != f.size:
             continue
         if sha256_file(p, progress) != f.sha256:

@@ -28,11 +28,29 @@ import requests
 from turbo import paths
 from turbo.console import redact, render_table
 from turbo.errors import TurboError, UsageError
+from turbo.fetch_dest import (
+    ADOPT_FLAG,
+    STAGING,
+    StagingRecord,
+    close_staging,
+    listing,
+    open_staging,
+    own,
+    read_record,
+    remove_stale_parts,
+    staging_dir,
+    staging_problem,
+    staging_strangers,
+    unrelated_entries,
+    write_record,
+)
 from turbo.jsonfile import write_json_atomic
 from turbo.manifest import (
     INDEX_NAME,
+    MANIFEST_NAME,
     Manifest,
     ManifestFile,
+    ManifestUnusable,
     check_local,
     git_blob_oid,
     hash_problems,
@@ -44,14 +62,9 @@ from turbo.manifest import (
 )
 from turbo.pins import Pins
 
-STAGING = ".turbo-fetch"
-DONE_FILE = "done.json"
 LOCK_FILE = "model-lock.json"
 CHUNK = 1 << 20
 GB = 1e9
-# Where the hub client keeps its own partial downloads inside a local_dir (left behind by
-# `hf download` or an earlier tool when it was killed).
-HF_LOCAL_CACHE = Path(".cache") / "huggingface"
 TOKEN_FIX = "set HF_TOKEN or run `hf auth login`"
 
 
@@ -99,6 +112,8 @@ class Request:
     retries: int = 5
     backoff_s: float = 2.0
     progress: bool = True
+    # Files in dest that fetch-model did not record may be replaced (and their folder used).
+    adopt_existing: bool = False
 
 
 @dataclass
@@ -107,6 +122,11 @@ class FileAction:
     state: str  # have | check | resume | fetch
     part_bytes: int = 0
     note: str = ""
+    # Present at its final path but not recorded by fetch-model: someone else's until hashed
+    # equal to the hub's (kept) or adopted with --adopt-existing (replaced).
+    unrecorded: str = ""
+    foreign_part: bool = False  # its part file exists but fetch-model did not record it
+    entry: ManifestFile | None = None  # set once an unrecorded file hashed equal
 
     @property
     def to_download(self) -> int:
@@ -122,6 +142,10 @@ class Plan:
     actions: list[FileAction]
     free_bytes: int
     previous: Manifest | None = None
+    record: StagingRecord | None = None
+    unrelated: list[str] = field(default_factory=list)  # never touched; see fetch_dest
+    blocked: list[str] = field(default_factory=list)  # refused even with --adopt-existing
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -237,6 +261,7 @@ def build_request(
     dry_run: bool = False,
     transport: str = "http",
     progress: bool = True,
+    adopt_existing: bool = False,
 ) -> Request:
     """Turn CLI options plus pins into a request; every default comes from the pins file."""
     m = pins.model
@@ -282,6 +307,7 @@ def build_request(
         dry_run=dry_run,
         transport=transport,
         progress=progress,
+        adopt_existing=adopt_existing,
     )
 
 
@@ -453,51 +479,54 @@ def _recorded(entry: ManifestFile | None, f: RemoteFile) -> bool:
     return bool(entry.git_oid) and entry.git_oid == f.git_oid
 
 
-def staging_dir(dest: Path) -> Path:
-    return dest / STAGING
-
-
 def part_path(dest: Path, f: RemoteFile) -> Path:
     return staging_dir(dest) / f"{f.key}.part"
 
 
-def read_done(dest: Path) -> dict[str, ManifestFile]:
-    """Files finished (hashed and moved into place) by an earlier, interrupted run."""
-    try:
-        raw = json.loads((staging_dir(dest) / DONE_FILE).read_text(encoding="utf-8"))
-        return {str(k): ManifestFile(**v) for k, v in raw.items()}
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
-        return {}
-
-
 def plan_actions(
-    req: Request, files: list[RemoteFile], previous: Manifest | None
+    req: Request,
+    files: list[RemoteFile],
+    previous: Manifest | None,
+    record: StagingRecord | None = None,
 ) -> list[FileAction]:
     """What to do with each file, from what is on disk (no hashing here)."""
     recorded = dict(previous.by_path()) if previous else {}
-    recorded.update(read_done(req.dest))
+    if record is not None:
+        recorded.update(record.done)
+    own_parts = set(record.parts) if record is not None else set()
     actions: list[FileAction] = []
     for f in files:
         final = req.dest / f.path
         part = part_path(req.dest, f)
-        size = final.stat().st_size if final.is_file() else None
-        part_bytes = part.stat().st_size if part.is_file() else 0
+        is_link = final.is_symlink()
+        size = final.stat().st_size if final.is_file() and not is_link else None
+        part_bytes = part.stat().st_size if part.is_file() and not part.is_symlink() else 0
         if part_bytes > f.size:
             part_bytes = 0  # cannot be a prefix of this file; discarded when fetching
+        unrecorded = ""
+        if is_link:
+            unrecorded = "a symlink"
+        elif (final.exists() or size is not None) and f.path not in recorded:
+            unrecorded = "not recorded by fetch-model"
+        foreign_part = part.exists() and part.name not in own_parts
         if size == f.size:
             if _recorded(recorded.get(f.path), f) and not req.verify:
-                actions.append(FileAction(f, "have"))
+                action = FileAction(f, "have")
             else:
                 why = "--verify" if req.verify else "not recorded: hash before adopting"
-                actions.append(FileAction(f, "check", note=why))
+                action = FileAction(f, "check", note=why)
         elif part_bytes:
             note = f"{part_bytes} bytes already fetched"
             if size is not None:
                 note += f"; local file has wrong size {size}"
-            actions.append(FileAction(f, "resume", part_bytes, note))
+            action = FileAction(f, "resume", part_bytes, note)
         else:
             note = "" if size is None else f"local file has wrong size {size}"
-            actions.append(FileAction(f, "fetch", note=note))
+            action = FileAction(f, "fetch", note=note)
+        action.unrecorded, action.foreign_part = unrecorded, foreign_part
+        if unrecorded and size is not None and size != f.size:
+            action.unrecorded = f"{unrecorded}; {size} bytes, the hub's has {f.size}"
+        actions.append(action)
     return actions
 
 
@@ -511,7 +540,17 @@ def check_repo_matches(req: Request, previous: Manifest | None) -> None:
 
 
 def make_plan(req: Request, hub: Hub) -> Plan:
-    previous = read_manifest(req.dest)
+    notes: list[str] = []
+    try:
+        previous = read_manifest(req.dest)
+    except ManifestUnusable as err:
+        # Not trusted, not fatal: every file it would have vouched for is hashed against the
+        # hub instead, and a new manifest is written (item: no dead end on a corrupt one).
+        previous = None
+        notes.append(
+            f"{MANIFEST_NAME} is unusable ({err.why}); the files here are hashed against "
+            "the hub and it is written anew"
+        )
     check_repo_matches(req, previous)
     # The commit recorded next to the model wins over a branch name, so a re-run (or a second
     # machine given the same manifest) gets identical files; --revision overrides it on purpose.
@@ -521,8 +560,74 @@ def make_plan(req: Request, hub: Hub) -> Plan:
     resolved = replace(req, revision=revision, revision_source=source)
     commit, files = list_remote(resolved, hub)
     probe_access(resolved, hub, commit, files[0])
-    actions = plan_actions(resolved, files, previous)
-    return Plan(resolved, hub, commit, source, actions, free_bytes(req.dest), previous)
+    record = read_record(req.dest)
+    actions = plan_actions(resolved, files, previous, record)
+    plan = Plan(resolved, hub, commit, source, actions, free_bytes(req.dest), previous, record)
+    plan.notes = notes
+    survey_dest(plan)
+    return plan
+
+
+def survey_dest(plan: Plan) -> None:
+    """Fill in what the destination holds that fetch-model did not write (see fetch_dest)."""
+    dest = plan.request.dest
+    if dest.exists() and not dest.is_dir():
+        plan.blocked.append(f"{dest} exists and is not a folder")
+    problem = staging_problem(dest)
+    if problem is not None:
+        plan.blocked.append(problem)
+    for a in plan.actions:
+        final = dest / a.file.path
+        if final.is_dir() and not final.is_symlink():
+            plan.blocked.append(f"{a.file.path} is a folder, where the checkpoint has a file")
+    names = {a.file.path for a in plan.actions}
+    if plan.previous is not None:
+        names |= set(plan.previous.by_path())
+    plan.unrelated = unrelated_entries(dest, names)
+
+
+def dest_refusal(plan: Plan) -> TurboError | None:
+    """The one line a run without --adopt-existing stops with, before writing anything."""
+    dest = plan.request.dest
+    if plan.blocked:
+        return TurboError(
+            f"fetch-model into {dest}",
+            "; ".join(plan.blocked),
+            "Move it away (fetch-model never deletes what it did not write), or pick "
+            "another --dest.",
+        )
+    if plan.request.adopt_existing:
+        return None
+    ours = plan.record is not None or (dest / MANIFEST_NAME).exists()
+    items: list[str] = []
+    if not ours:
+        items += plan.unrelated
+    if staging_dir(dest).is_dir() and plan.record is None:
+        items.append(f"{STAGING}/ (not made by fetch-model)")
+    for a in plan.actions:
+        if a.unrecorded and a.state != "check":
+            items.append(f"{a.file.path} ({a.unrecorded})")
+        if a.foreign_part:
+            items.append(f"{STAGING}/{part_path(dest, a.file).name} (not recorded)")
+    if not items:
+        return None
+    return TurboError(
+        f"fetch-model into {dest}",
+        f"it holds files fetch-model did not write: {listing(items)}",
+        _ADOPT_FIX,
+    )
+
+
+_ADOPT_FIX = (
+    "Use an empty or new --dest, move them away, or pass "
+    f"{ADOPT_FLAG} (checkpoint files that differ from the hub's are then replaced; "
+    "other files are left alone)."
+)
+
+
+def _left_alone(plan: Plan, extra: list[str]) -> str | None:
+    names = plan.unrelated + extra
+    return f"left alone (not written by fetch-model): {listing(names)}" if names else None
 
 
 def check_disk(plan: Plan) -> None:
@@ -603,7 +708,8 @@ def download_http(
 
     req, hub = plan.request, plan.hub
     part = part_path(req.dest, f)
-    part.parent.mkdir(parents=True, exist_ok=True)
+    if plan.record is not None:
+        own(req.dest, plan.record, part=part.name)  # recorded before its first byte
     url = hf_hub_url(req.repo, f.path, revision=plan.commit, endpoint=hub.endpoint)
     base_headers = dict(build_hf_headers(token=hub.token or False))
     base_headers["Accept-Encoding"] = "identity"
@@ -705,6 +811,8 @@ def download_xet(plan: Plan, f: RemoteFile, log: Callable[[str], None]) -> tuple
 
     req, hub = plan.request, plan.hub
     where = staging_dir(req.dest) / "xet"
+    if plan.record is not None:
+        own(req.dest, plan.record, folder=where.name, part=part_path(req.dest, f).name)
     try:
         got = Path(
             hf_hub_download(
@@ -743,25 +851,30 @@ def _identity(f: RemoteFile, path: Path, sha256: str | None = None) -> tuple[boo
     return ok, ManifestFile(f.path, f.size, digest, oid)
 
 
-def clean_orphans(dest: Path, keep: set[str]) -> list[str]:
-    """Remove leftovers: the hub client's ``*.incomplete`` files and parts of other blobs."""
-    removed: list[str] = []
-    hf_cache = dest / HF_LOCAL_CACHE
-    if hf_cache.is_dir():
-        for p in sorted(hf_cache.rglob("*.incomplete")):
-            removed.append(str(p.relative_to(dest)))
-            p.unlink(missing_ok=True)
-    staging = staging_dir(dest)
-    if staging.is_dir():
-        for p in sorted(staging.glob("*.part")):
-            if p.name not in keep:
-                removed.append(str(p.relative_to(dest)))
-                p.unlink(missing_ok=True)
-    return removed
-
-
-def _record_done(dest: Path, done: dict[str, ManifestFile]) -> None:
-    write_json_atomic(staging_dir(dest) / DONE_FILE, {k: v.__dict__ for k, v in done.items()})
+def _vet_unrecorded(plan: Plan, log: Callable[[str], None], result: FetchResult) -> None:
+    """Hash every right-sized file fetch-model did not record, before anything is written:
+    equal to the hub's, it is kept; different, it is replaced only with --adopt-existing."""
+    differ: list[FileAction] = []
+    for a in plan.actions:
+        if a.state != "check" or not a.unrecorded:
+            continue
+        ok, entry = _identity(a.file, plan.request.dest / a.file.path)
+        if ok:
+            log(f"{a.file.path}: not recorded, hash matches the hub: kept")
+            a.state, a.entry = "have", entry
+        else:
+            differ.append(a)
+    if differ and not plan.request.adopt_existing:
+        names = [f"{a.file.path} (not recorded; its hash differs from the hub's)" for a in differ]
+        raise TurboError(
+            f"fetch-model into {plan.request.dest}",
+            f"it holds files fetch-model did not write: {listing(names)}",
+            _ADOPT_FIX,
+        )
+    for a in differ:
+        log(f"{a.file.path}: not recorded and differs from the hub's: replaced ({ADOPT_FLAG})")
+        result.repaired.append(a.file.path)
+        a.state = "fetch"
 
 
 def _check_index(dest: Path, files: list[RemoteFile]) -> None:
@@ -779,43 +892,54 @@ def _check_index(dest: Path, files: list[RemoteFile]) -> None:
 
 
 def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
-    """Carry out a plan: resume, fetch, hash-check and move each file; manifest last."""
+    """Carry out a plan: resume, fetch, hash-check and move each file; manifest last.
+
+    Nothing is written until every file fetch-model did not record has been vetted."""
     req = plan.request
-    req.dest.mkdir(parents=True, exist_ok=True)
-    staging_dir(req.dest).mkdir(exist_ok=True)
     result = _result(plan)
-    result.cleaned = clean_orphans(
-        req.dest, {part_path(req.dest, a.file).name for a in plan.actions}
-    )
+    refusal = dest_refusal(plan)
+    if refusal is not None:
+        raise refusal
+    _vet_unrecorded(plan, log, result)
+    req.dest.mkdir(parents=True, exist_ok=True)
+    record = open_staging(req.dest, req.repo, req.adopt_existing)
+    plan.record = record
+    keep = {part_path(req.dest, a.file).name for a in plan.actions}
+    for a in plan.actions:
+        if a.foreign_part:  # only reachable with --adopt-existing
+            own(req.dest, record, part=part_path(req.dest, a.file).name)
+    result.cleaned = remove_stale_parts(req.dest, record, keep)
     for c in result.cleaned:
         log(f"removed leftover {c}")
-    done = read_done(req.dest)
     recorded = plan.previous.by_path() if plan.previous else {}
     session = requests.Session()
     entries: list[ManifestFile] = []
     for action in plan.actions:
         f, final = action.file, req.dest / action.file.path
-        entry = done.get(f.path) or recorded.get(f.path)
+        entry = action.entry or record.done.get(f.path) or recorded.get(f.path)
         if action.state == "have" and entry is not None:
             entries.append(entry)
+            record.done[f.path] = entry
             continue
         if action.state == "check":
             ok, entry = _identity(f, final)
             if ok:
                 log(f"{f.path}: hash matches the hub")
                 entries.append(entry)
-                done[f.path] = entry
-                _record_done(req.dest, done)
+                record.done[f.path] = entry
+                write_record(req.dest, record)
                 continue
             log(f"{f.path}: hash differs from the hub's; re-fetching")
             result.repaired.append(f.path)
-            final.unlink()
+        elif action.unrecorded and f.path not in result.repaired:
+            result.repaired.append(f.path)  # someone else's, let go with --adopt-existing
         entry = _fetch_one(plan, f, session, result, log)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        # Replaces a recorded file, or one the user let go with --adopt-existing (a symlink is
+        # replaced itself; its target is never written).
         os.replace(part_path(req.dest, f), final)
         entries.append(entry)
-        done[f.path] = entry
-        _record_done(req.dest, done)
+        record.done[f.path] = entry
+        write_record(req.dest, record)
         if f.path == INDEX_NAME:
             _check_index(req.dest, [a.file for a in plan.actions])
     manifest = Manifest(
@@ -832,7 +956,10 @@ def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
             f"fetch-model into {req.dest}", "; ".join(problems[:3]), "Re-run the same command."
         )
     result.manifest = str(write_manifest(req.dest, manifest))
-    shutil.rmtree(staging_dir(req.dest), ignore_errors=True)
+    left = _left_alone(plan, close_staging(req.dest, record))
+    if left:
+        result.notes.append(left)
+        log(left)
     lock = read_lock()
     lock[req.repo] = {"revision": plan.commit, "requested": req.revision, "at": manifest.fetched_at}
     write_json_atomic(lock_path(), lock)
@@ -903,7 +1030,10 @@ def _result(plan: Plan) -> FetchResult:
         free_bytes=plan.free_bytes,
         files=_file_rows(plan),
         hub_env=hub_env_summary(plan.hub),
-        notes=[f"revision {req.revision!r} ({plan.revision_source}) -> commit {plan.commit}"],
+        notes=[
+            f"revision {req.revision!r} ({plan.revision_source}) -> commit {plan.commit}",
+            *plan.notes,
+        ],
     )
 
 
@@ -962,15 +1092,29 @@ def fetch_model(
     h = hub or hub_from_env()
     log(f"planning {req.repo}@{req.revision} into {req.dest} via {h.endpoint}")
     plan = make_plan(req, h)
+    refusal = dest_refusal(plan)
     if req.dry_run:
         result = _result(plan)
         result.notes.append(would_request(req, h, plan.commit))
+        if refusal is not None:
+            result.problems.append(f"would refuse: {refusal.why}. {refusal.fix}")
+        vet = [a.file.path for a in plan.actions if a.state == "check" and a.unrecorded]
+        if vet:
+            result.notes.append(
+                f"would hash before adopting (not recorded by fetch-model): {listing(vet)}; "
+                f"one that differs from the hub's is refused unless {ADOPT_FLAG}"
+            )
+        left = _left_alone(plan, staging_strangers(req.dest, plan.record))
+        if left and refusal is None:
+            result.notes.append(left.replace("left alone", "would leave alone", 1))
         if plan.need_bytes and plan.free_bytes < plan.need_bytes:
             result.problems.append(
                 f"not enough disk: need {plan.need_bytes / GB:.1f} GB, "
                 f"{plan.free_bytes / GB:.1f} GB free"
             )
         return result
+    if refusal is not None:
+        raise refusal
     check_disk(plan)
     return execute(plan, log)
 

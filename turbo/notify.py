@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Mapping
 
 ENV = "NOTIFY_SOCKET"
@@ -81,6 +83,36 @@ class Notifier:
 
     def stopping(self, text: str = "stopping") -> bool:
         return self.send("STOPPING=1", f"STATUS={_one_line(text)}")
+
+
+class Progress:
+    """vLLM's own output as STATUS= while it loads, at most one line per ``interval`` seconds
+    (it prints hundreds), so `systemctl status` shows what a 10-15 minute start is doing."""
+
+    def __init__(self, notifier: Notifier, interval: float = 2.0) -> None:
+        self.notifier = notifier
+        self.interval = interval
+        self.done = False
+        self._last = -interval
+        # Reentrant: the signal handler (main thread) may end progress while main holds it.
+        self._lock = threading.RLock()
+
+    def offer(self, line: str) -> None:
+        text = line.strip()
+        if not text or not self.notifier.active:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self.done or now - self._last < self.interval:
+                return
+            self._last = now
+            self.notifier.status("vllm: " + text[-200:])
+
+    def ready(self, text: str) -> None:
+        """READY=1, after which vLLM's lines no longer overwrite the status."""
+        with self._lock:
+            self.done = True
+            self.notifier.ready(text)
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo import paths
+from turbo import contain, paths
 from turbo.errors import TurboError
 from turbo.jsonfile import write_json_atomic
 
@@ -229,18 +229,68 @@ def _state_path(src: Path) -> Path:
 
 
 def _read_state(src: Path) -> dict[str, Any] | None:
+    """The record, checked before anything trusts it: its shape, and that every path it names
+    (and the pristine copies behind them) lies inside the tree."""
     p = _state_path(src)
     if not p.exists():
         return None
     try:
-        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TurboError(
             f"patch record {p}",
             f"cannot be read ({exc})",
             f"Restore the tree from a pristine copy and delete {p.name}.",
         ) from exc
-    return data
+    _check_state(src, p, data)
+    result: dict[str, Any] = data
+    return result
+
+
+def _check_state(src: Path, record: Path, data: Any) -> None:
+    fix = (
+        f"The record was edited or crafted: restore the tree from the sdist or a clean "
+        f"checkout and delete {record.name} (and {STATE_DIR}/)."
+    )
+
+    def malformed(why: str) -> TurboError:
+        return TurboError(
+            f"patch record {record}", f"is malformed: {why}; nothing was touched", fix
+        )
+
+    if not isinstance(data, dict):
+        raise malformed("not a JSON object")
+    for key in ("pristine", "patched"):
+        table = data.get(key, {})
+        if not isinstance(table, dict):
+            raise malformed(f"'{key}' is not an object")
+        for rel, digest in table.items():
+            if digest is not None and not isinstance(digest, str):
+                raise malformed(f"'{key}' gives {rel!r} a {type(digest).__name__}, not a hash")
+            _in_tree(src, rel, record, fix)
+    patches = data.get("patches", [])
+    if not isinstance(patches, list) or not all(isinstance(n, str) for n in patches):
+        raise malformed("'patches' is not a list of names")
+    if (src / STATE_DIR).exists() or (src / STATE_DIR).is_symlink():
+        pristine = _pristine_dir(src, record, fix)
+        for rel in data.get("pristine", {}):
+            contain.inside(pristine, rel, source=f"patch record {record}", fix=fix)
+
+
+def _in_tree(src: Path, rel: object, record: Path, fix: str) -> Path:
+    return contain.inside(src, rel, source=f"patch record {record}", fix=fix)
+
+
+def _tree(root: Path, rel: str) -> Path:
+    """A path already checked by :func:`_check_state`, resolved inside ``root``."""
+    return contain.inside(root, rel, source="patch record", fix="Restore the tree.")
+
+
+def _pristine_dir(src: Path, record: Path, fix: str) -> Path:
+    """``<tree>/.turbo-patches/pristine``, refused when either folder is a symlink."""
+    source = f"patch record {record}"
+    state = contain.check_dir(src, STATE_DIR, source=source, fix=fix)
+    return contain.check_dir(state, "pristine", source=source, fix=fix)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -339,6 +389,14 @@ def apply_series(
     if not chosen:
         report.say(f"no patch in the series is for {ref}; nothing to do")
         return report
+    for patch in chosen:
+        for rel in sorted(patch.touched()):
+            contain.inside(
+                src,
+                rel,
+                source=f"patch {patch.name}",
+                fix="Fix the patch: every path it changes must lie inside the vLLM tree.",
+            )
     with tempfile.TemporaryDirectory(prefix="turbo-patch-") as tmp:
         scratch = _trial_run(src, chosen, Path(tmp))
         for patch in chosen:
@@ -369,7 +427,7 @@ def _already(
             f"it carries a different patch set ({', '.join(state.get('patches', []))})",
             "Run `invoke patches.revert --src DIR`, then apply the current series.",
         )
-    changed = [rel for rel, sha in state.get("patched", {}).items() if _sha(src / rel) != sha]
+    changed = [rel for rel, sha in state.get("patched", {}).items() if _sha(_tree(src, rel)) != sha]
     if changed:
         raise TurboError(
             f"vLLM tree {src}",
@@ -419,7 +477,7 @@ def revert_series(src: Path, *, force: bool = False) -> PatchReport:
         report.say("no patches recorded in this tree; nothing to revert")
         return report
     if state.get("status") == "applied" and not force:
-        changed = [r for r, sha in state.get("patched", {}).items() if _sha(src / r) != sha]
+        changed = [r for r, sha in state.get("patched", {}).items() if _sha(_tree(src, r)) != sha]
         if changed:
             raise TurboError(
                 f"revert in {src}",
@@ -428,13 +486,14 @@ def revert_series(src: Path, *, force: bool = False) -> PatchReport:
             )
     pristine_dir = src / STATE_DIR / "pristine"
     for rel, sha in state.get("pristine", {}).items():
-        dst = src / rel
+        # Checked by _read_state; resolved again here so what is touched is what was checked.
+        dst = _tree(src, rel)
         if sha is None:
             if dst.exists():
                 dst.unlink()
             _prune_empty(dst.parent, src)
             continue
-        saved = pristine_dir / rel
+        saved = _tree(pristine_dir, rel)
         if _sha(saved) != sha:
             raise TurboError(
                 f"pristine copy of {rel}",

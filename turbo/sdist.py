@@ -5,12 +5,18 @@ pins a torch we do not have. So the file is fetched directly through the index's
 its JSON form (PEP 691), which lists each file's URL and sha256. The index is pip's own default
 (or ``PIP_INDEX_URL``) so no host name is written here. The file is cached under
 ``turbo.paths.cache_dir()/sdist`` and downloaded at most once per machine.
+
+Any release can be fetched (the patch matrix reads every release since 0.16.0). Beside each
+cached file lies ``<file>.sha256`` (``sha256sum`` format) holding the hash the index published
+when it was downloaded, so a cached release is re-verified without the network; the pinned
+release is checked against pins.toml as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -72,8 +78,8 @@ def _pinned_sha(version: str) -> str | None:
     return vllm.sdist_sha256 if version == vllm.sdist_version else None
 
 
-def find_sdist(version: str, index: str | None = None) -> SdistFile:
-    """Ask the index (JSON simple API) for ``vllm-<version>.tar.gz``: its URL and sha256."""
+def _index_page(index: str | None) -> tuple[str, dict[str, Any]]:
+    """The project's page on the index, in PEP 691 JSON form: (its URL, the parsed body)."""
     import requests
 
     base = (index or index_url()).rstrip("/") + "/"
@@ -88,22 +94,177 @@ def find_sdist(version: str, index: str | None = None) -> SdistFile:
             f"the index did not answer with JSON ({exc})",
             "Check network access to the package index or set PIP_INDEX_URL.",
         ) from exc
+    return page, data
+
+
+def _entry_file(page: str, entry: dict[str, Any]) -> SdistFile:
+    name = str(entry.get("filename"))
+    sha = entry.get("hashes", {}).get("sha256")
+    if not sha:
+        raise TurboError(
+            f"index entry for {name}",
+            "it publishes no sha256",
+            "Use an index that publishes hashes (PEP 691).",
+        )
+    return SdistFile(name, urljoin(page, entry["url"]), sha, int(entry.get("size", 0)))
+
+
+def find_sdist(version: str, index: str | None = None) -> SdistFile:
+    """Ask the index (JSON simple API) for ``vllm-<version>.tar.gz``: its URL and sha256."""
+    page, data = _index_page(index)
     want = f"{PROJECT}-{version}.tar.gz"
     for entry in data.get("files", []):
         if entry.get("filename") == want:
-            sha = entry.get("hashes", {}).get("sha256")
-            if not sha:
-                raise TurboError(
-                    f"index entry for {want}",
-                    "it publishes no sha256",
-                    "Use an index that publishes hashes (PEP 691).",
-                )
-            return SdistFile(want, urljoin(page, entry["url"]), sha, int(entry.get("size", 0)))
+            return _entry_file(page, entry)
     raise TurboError(
         f"vLLM sdist {want}",
         f"not listed on {page}",
         "Check the version (pins: vllm.sdist_version).",
     )
+
+
+_RELEASE = re.compile(r"\d+(?:\.\d+)*")
+
+
+def release_key(version: str) -> tuple[int, ...] | None:
+    """Sort key of a final release (``0.16.0``); None for pre-, post- and dev releases."""
+    return tuple(int(x) for x in version.split(".")) if _RELEASE.fullmatch(version) else None
+
+
+def list_releases(
+    minimum: str | None = None, index: str | None = None
+) -> list[tuple[str, SdistFile]]:
+    """Every final release with an sdist on the index (not yanked), oldest first.
+
+    One request to the index. ``minimum`` drops older releases.
+    """
+    page, data = _index_page(index)
+    floor = release_key(minimum) if minimum else None
+    out: list[tuple[tuple[int, ...], str, SdistFile]] = []
+    prefix, suffix = f"{PROJECT}-", ".tar.gz"
+    for entry in data.get("files", []):
+        name = str(entry.get("filename", ""))
+        if not (name.startswith(prefix) and name.endswith(suffix)) or entry.get("yanked"):
+            continue
+        version = name[len(prefix) : -len(suffix)]
+        key = release_key(version)
+        if key is None or (floor is not None and key < floor):
+            continue
+        out.append((key, version, _entry_file(page, entry)))
+    return [(v, f) for _, v, f in sorted(out, key=lambda t: t[0])]
+
+
+def cached_path(version: str) -> Path:
+    return sdist_dir() / f"{PROJECT}-{version}.tar.gz"
+
+
+def _sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".sha256")
+
+
+def _recorded_sha(dest: Path) -> str | None:
+    """The sha256 the index published for a cached file, from its sidecar (None if absent)."""
+    side = _sidecar(dest)
+    try:
+        words = side.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(words) == 2 and words[1] == dest.name and re.fullmatch(r"[0-9a-f]{64}", words[0]):
+        return words[0]
+    return None
+
+
+def _record_sha(dest: Path, sha: str) -> None:
+    side = _sidecar(dest)
+    tmp = side.with_name(f".{side.name}.tmp")
+    tmp.write_text(f"{sha}  {dest.name}\n", encoding="ascii")
+    os.replace(tmp, side)
+
+
+def cached_sdist(version: str) -> Path | None:
+    """The cached file for ``version`` if its bytes match a known hash; no network.
+
+    Known means pins.toml (the pinned release) or the sidecar written at download. A file
+    that fails the check is reported as not cached (it is replaced on the next fetch).
+    """
+    dest = cached_path(version)
+    if not dest.is_file():
+        return None
+    want = _pinned_sha(version) or _recorded_sha(dest)
+    return dest if want is not None and _sha256(dest) == want else None
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """Which releases are cached and verified, and which must be downloaded (how many bytes)."""
+
+    cached: dict[str, Path]
+    missing: dict[str, SdistFile]
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(f.size for f in self.missing.values())
+
+    def describe(self) -> str:
+        if not self.missing:
+            return f"all {len(self.cached)} sdist(s) cached and verified; no download"
+        mib = self.download_bytes / (1 << 20)
+        names = ", ".join(self.missing)
+        return (
+            f"{len(self.cached)} sdist(s) cached; will download {len(self.missing)} "
+            f"({mib:.1f} MiB) into {sdist_dir()}: {names}"
+        )
+
+
+def plan_fetch(versions: list[str], listing: dict[str, SdistFile] | None = None) -> FetchPlan:
+    """Split ``versions`` into cached (verified offline) and missing ones.
+
+    The index is asked only when something is missing, and then once for all of them (unless
+    ``listing`` from :func:`list_releases` is passed).
+    """
+    cached: dict[str, Path] = {}
+    todo: list[str] = []
+    for v in versions:
+        hit = cached_sdist(v)
+        if hit is not None:
+            cached[v] = hit
+        else:
+            todo.append(v)
+    missing: dict[str, SdistFile] = {}
+    if todo:
+        if listing is None:
+            page, data = _index_page(None)
+            listing = {}
+            for entry in data.get("files", []):
+                name = str(entry.get("filename", ""))
+                if name.startswith(f"{PROJECT}-") and name.endswith(".tar.gz"):
+                    listing[name[len(PROJECT) + 1 : -len(".tar.gz")]] = _entry_file(page, entry)
+        for v in todo:
+            if v not in listing:
+                raise TurboError(
+                    f"vLLM sdist {PROJECT}-{v}.tar.gz",
+                    "not listed on the package index",
+                    "Check the version (final releases only, e.g. 0.17.0).",
+                )
+            missing[v] = listing[v]
+    return FetchPlan(cached, missing)
+
+
+def fetch_planned(plan: FetchPlan, progress: Progress | None = None) -> dict[str, Path]:
+    """Download what ``plan`` lists as missing (each checked against the index's sha256)."""
+    out = dict(plan.cached)
+    for version, src in plan.missing.items():
+        pinned = _pinned_sha(version)
+        if pinned is not None and src.sha256 != pinned:
+            raise TurboError(
+                f"vLLM sdist {src.filename}",
+                f"the index publishes sha256 {src.sha256} but pins.toml records {pinned}",
+                "Refusing a changed release file; investigate before updating vllm.sdist_sha256.",
+            )
+        dest = cached_path(version)
+        _download(src, dest, progress)
+        out[version] = dest
+    return out
 
 
 def _download(src: SdistFile, dest: Path, progress: Progress | None) -> None:
@@ -132,6 +293,7 @@ def _download(src: SdistFile, dest: Path, progress: Progress | None) -> None:
                 "Retry; if it persists the index or a proxy is serving a different file.",
             )
         os.replace(tmp, dest)
+        _record_sha(dest, got)
     except requests.RequestException as exc:
         raise TurboError(
             f"download of {src.url}",
@@ -150,13 +312,20 @@ def vllm_sdist(version: str | None = None, *, progress: Progress | None = None) 
     """
     ver = version or load_pins().vllm.sdist_version
     pinned = _pinned_sha(ver)
-    dest = sdist_dir() / f"{PROJECT}-{ver}.tar.gz"
+    dest = cached_path(ver)
+    src: SdistFile | None = None
     if dest.exists():
         have = _sha256(dest)
-        if pinned is None or have == pinned:
+        want = pinned or _recorded_sha(dest)
+        if want is None:  # cached before sidecars existed: ask the index once, then record
+            src = find_sdist(ver)
+            want = src.sha256
+            if have == want:
+                _record_sha(dest, have)
+        if have == want:
             return dest
         dest.unlink()  # a corrupt or foreign file: fetch again rather than trust it
-    src = find_sdist(ver)
+    src = src or find_sdist(ver)
     if pinned is not None and src.sha256 != pinned:
         raise TurboError(
             f"vLLM sdist {src.filename}",

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from turbo import cluster, endpoint, extra_args, memfit, notify, paths, stamp, vllm_log
 from turbo.adopt import gb10_verdict
-from turbo.console import TaskLog, redact_argv, redact_env, render_table
+from turbo.console import TaskLog, is_secret_key, redact, redact_argv, redact_env, render_table
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -103,8 +103,13 @@ def build_plan(
     cluster_env: Mapping[str, str],
     ray_port: int,
     build_digest: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
-    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones."""
+    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones.
+
+    Environment, lowest first: what the user exported < the profile's data (and the detected
+    cluster network) < ``--set env.NAME=value``. A profile means the same on every shell; a
+    note says when it replaces an exported value, and how to keep that value."""
     node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
     head = prof.settings.get("head")
     if prof.kind == "ray-head" or (head is None and prof.args.get("node-rank") == 0):
@@ -118,6 +123,12 @@ def build_plan(
             continue
         env[key] = _fill(val, values, f"profile {prof.name} env {key}")
     env.update(cluster_env)
+    for key, set_value in prof.env_set.items():
+        if set_value is None:
+            env.pop(key, None)
+        else:
+            env[key] = set_value
+    notes += _replaced_exports(env, environ or {})
 
     if prof.kind in ("ray-head", "ray-worker"):
         if not node_ip:
@@ -153,6 +164,22 @@ def build_plan(
     )
 
 
+def _replaced_exports(env: Mapping[str, str], exported: Mapping[str, str]) -> list[str]:
+    out = []
+    for key, value in env.items():
+        old = exported.get(key)
+        if old is None or old == value:
+            continue
+        if is_secret_key(key):
+            out.append(f"{key}: the profile's value replaces your exported one")
+        else:
+            out.append(
+                f"{key}: the profile's {value!r} replaces your exported {old!r}; keep yours "
+                f"with --set env.{key}={shlex.quote(old)}"
+            )
+    return out
+
+
 # ------------------------------------------------------------------------------ checks
 @dataclass
 class Probe:
@@ -177,7 +204,7 @@ def model_problems(model_dir: Path) -> list[str]:
     try:
         return check_local(model_dir)
     except TurboError as err:
-        return [err.why]
+        return [f"{err.what}: {err.why}"]  # names the file (a corrupt or crafted manifest)
 
 
 def weights_bytes(model_dir: Path, fallback_gb: float) -> tuple[int, str]:
@@ -359,8 +386,11 @@ def preflight(
                     "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
                 )
             )
-            fit = memory_fit(plan, prof, book, probe, size_gb)
-            checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+            try:
+                fit = memory_fit(plan, prof, book, probe, size_gb)
+                checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+            except TurboError as err:
+                checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
@@ -546,7 +576,7 @@ def wait_healthy(
             raise TurboError(
                 "vllm serve",
                 f"exited with code {proc.returncode} before "
-                f"becoming healthy: {vllm_log.failure_summary(log_path)}",
+                f"becoming healthy: {redact(vllm_log.failure_summary(log_path))}",
                 f"Read the full log: {log_path}",
             )
         now = time.monotonic()
@@ -695,6 +725,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
     console = sink or sys.stdout
     # Under a Type=notify unit (turbo/service.py): progress as STATUS=, READY=1 once warmed up.
     notifier = notify.Notifier.from_env()
+    progress = notify.Progress(notifier)
 
     def say(line: str) -> None:
         out(line)
@@ -722,6 +753,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             # Second signal: the user means it.
             sig = signal.SIGKILL if stopping.is_set() else signum
             if not stopping.is_set():
+                progress.done = True
                 notifier.stopping(f"stopping vllm (signal {signum})")
             stopping.set()
             with contextlib.suppress(ProcessLookupError):
@@ -733,6 +765,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
                 console.write(line)
                 console.flush()
                 log.write(line)
+                progress.offer(redact(line))
 
         previous = {s: signal.signal(s, forward) for s in signals}
         reader = threading.Thread(target=tee, daemon=True)
@@ -741,7 +774,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             if plan.api:
                 try:
                     _after_start(plan, proc, sup, say, log.path, stopping)
-                    notifier.ready(f"serving {plan.served_name} at {plan.endpoint}")
+                    progress.ready(f"serving {plan.served_name} at {plan.endpoint}")
                 except KeyboardInterrupt:
                     pass
                 except BaseException:
@@ -891,6 +924,7 @@ def prepare(
         cluster_env=cenv,
         ray_port=int(csec.get("ray_port", 6379)),
         build_digest=local_build_digest(built),
+        environ=env,
     )
     plan = _stamped_exe(plan, built)
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
@@ -931,6 +965,8 @@ def supervision(book: ProfileBook, health_timeout: float | None, warmup: bool) -
 
 def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) -> int:
     """Fail on the first failed check (warnings are printed), then run the plan."""
+    for note in prep.plan.notes:
+        out(f"note: {note}")
     for c in prep.checks:
         if c.status == WARN:
             out(f"warning: {c.name}: {c.detail}. {c.fix}".rstrip())

@@ -218,6 +218,7 @@ def render_unit(spec: Spec) -> str:
         "StartLimitIntervalSec=0",
         "X-Turbo-Profile=" + spec.profile,
         "X-Turbo-Scope=" + spec.scope,
+        "X-Turbo-Kind=" + spec.kind,
         "",
         "[Service]",
         f"Type={spec.unit_type}",
@@ -542,6 +543,18 @@ def plan_install(
         systemd_version=systemd_version(systemctl),
         memlock_unlimited=req.scope == SYSTEM and bool(book.profiles[req.profile].get("cluster")),
     )
+    # One Spark's unified memory holds one model: a second serving unit on this node fails
+    # its memory fit (or its port) and loops in restarts.
+    others = [
+        p.name
+        for p in installed_units(tgt)
+        if p.name != unit and "X-Turbo-Kind=serve" in p.read_text(errors="replace").splitlines()
+    ]
+    if plan.kind == "serve" and others:
+        notes.append(
+            f"{', '.join(others)} also serve(s) a model on this node: one Spark holds one; "
+            "enable only one of them"
+        )
     env_path = tgt.env_path(unit)
     exists = env_path.exists()
     current = read_env_file(env_path) if exists and is_ours(env_path) else {}
@@ -568,6 +581,8 @@ def plan_install(
 
 def render_install(inst: Installed, tgt: Target, dry_run: bool) -> str:
     verb = "would write" if dry_run else "wrote"
+    if inst.spec.scope == SYSTEM and dry_run and tgt.real:
+        verb += "; needs root"
     env_state = "kept as it is" if inst.env_exists else ("would create" if dry_run else "created")
     lines = [
         f"{inst.spec.scope} unit: {inst.unit_path} ({verb})",
@@ -667,6 +682,9 @@ def install(
 
 
 # ------------------------------------------------------------------------------ status
+NO_SYSTEMCTL = "unknown (systemctl not available)"
+
+
 @dataclass(frozen=True)
 class UnitState:
     unit: str
@@ -704,7 +722,7 @@ def states(
             keys = parse_unit(path.read_text(encoding="utf-8", errors="replace"))
             unit_scope = (keys.get("X-Turbo-Scope") or [scope])[0]
             profile = (keys.get("X-Turbo-Profile") or ["?"])[0]
-            active = enabled = "unknown (systemctl not available)"
+            active = enabled = NO_SYSTEMCTL
             if ask is not None:
                 t = target(unit_scope, env, unit_dir)
                 active = _state(ask, t.systemctl("is-active", path.name))
@@ -739,7 +757,12 @@ def doctor_row(
     found = states(environ, systemctl)
     if not found:
         return None
-    parts = [f"{s.unit} ({s.scope}): {s.active}, {s.enabled}" for s in found]
+    parts = [
+        f"{s.unit} ({s.scope}): {s.active}, {s.enabled}"
+        if s.active != NO_SYSTEMCTL
+        else f"{s.unit} ({s.scope}): installed at {s.path} (no systemctl to ask)"
+        for s in found
+    ]
     failed = [s for s in found if s.active == "failed"]
     starting = [s for s in found if s.active in ("activating", "reloading")]
     if failed:

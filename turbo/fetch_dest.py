@@ -1,0 +1,186 @@
+"""Which files in a fetch-model destination are fetch-model's to replace or delete.
+
+The rule: fetch-model replaces or deletes only what it recorded, or what the user allowed.
+Recorded means listed in the model's ``turbo-manifest.json`` or in the staging record
+``<dest>/.turbo-fetch/record.json`` (the part files it created, the folders it made, the files
+an interrupted run finished). A part file is recorded *before* its first byte is written, so a
+killed run leaves nothing unrecorded behind.
+
+Everything else in the destination is someone else's:
+- a file the checkpoint names (``config.json``, a shard) that is present but not recorded is
+  hashed: identical to the hub's, it is kept and recorded; different, it is refused by name
+  unless ``--adopt-existing`` allows replacing it;
+- any other file (notes, the hub client's ``.cache/``, a folder of another tool) is never
+  touched; a destination that holds such files and no record of ours is not a directory
+  fetch-model made, so it is refused too unless ``--adopt-existing`` says to use it anyway.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turbo import contain
+from turbo.jsonfile import read_json, write_json_atomic
+from turbo.manifest import MANIFEST_NAME, ManifestFile
+
+STAGING = ".turbo-fetch"
+RECORD = "record.json"
+WRITER = "vllm-turbo fetch-model"
+ADOPT_FLAG = "--adopt-existing"
+SHOW = 6  # names listed in one line before "and N more"
+
+
+@dataclass
+class StagingRecord:
+    """What fetch-model wrote into ``<dest>/.turbo-fetch``: only these may be deleted there."""
+
+    repo: str
+    parts: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    done: dict[str, ManifestFile] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "writer": WRITER,
+            "repo": self.repo,
+            "parts": sorted(self.parts),
+            "dirs": sorted(self.dirs),
+            "done": {k: asdict(v) for k, v in sorted(self.done.items())},
+        }
+
+
+def staging_dir(dest: Path) -> Path:
+    return dest / STAGING
+
+
+def listing(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOW])
+    return shown + (f" and {len(names) - SHOW} more" if len(names) > SHOW else "")
+
+
+def staging_problem(dest: Path) -> str | None:
+    """A staging path fetch-model must never write through (a symlink, or not a folder)."""
+    p = staging_dir(dest)
+    if p.is_symlink():
+        return (
+            f"{p} is a symlink (to {p.readlink()}); fetch-model writes its parts only into "
+            "a folder of its own"
+        )
+    if p.exists() and not p.is_dir():
+        return f"{p} exists and is not a folder"
+    return None
+
+
+def read_record(dest: Path) -> StagingRecord | None:
+    """The staging record; None when there is none, or it is not one of ours (malformed)."""
+    if staging_problem(dest) is not None:
+        return None
+    data = read_json(staging_dir(dest) / RECORD)
+    if data is None or data.get("writer") != WRITER:
+        return None
+    try:
+        parts = [str(p) for p in data.get("parts", [])]
+        dirs = [str(d) for d in data.get("dirs", [])]
+        done = {str(k): ManifestFile(**v) for k, v in dict(data.get("done", {})).items()}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    # Only plain names inside the staging folder count as recorded.
+    parts = [p for p in parts if contain.lexical_problem(p) is None and "/" not in p]
+    dirs = [d for d in dirs if contain.lexical_problem(d) is None and "/" not in d]
+    return StagingRecord(str(data.get("repo", "")), parts, dirs, done)
+
+
+def write_record(dest: Path, record: StagingRecord) -> None:
+    write_json_atomic(staging_dir(dest) / RECORD, record.to_json())
+
+
+def open_staging(dest: Path, repo: str, adopt: bool) -> StagingRecord:
+    """Create (or continue) the staging folder and its record, before anything is put there."""
+    problem = staging_problem(dest)
+    if problem is not None:  # checked at planning; re-checked right before writing
+        raise contain.Escape(f"fetch-model into {dest}", problem, "Remove it and re-run.")
+    record = read_record(dest)
+    if record is None:
+        # A folder of that name without our record is someone else's unless adopted.
+        if staging_dir(dest).exists() and not adopt:
+            raise contain.Escape(
+                f"fetch-model into {dest}",
+                f"{STAGING}/ was not made by fetch-model",
+                f"Move it away, or pass {ADOPT_FLAG}.",
+            )
+        record = StagingRecord(repo)
+    staging_dir(dest).mkdir(parents=True, exist_ok=True)
+    write_record(dest, record)
+    return record
+
+
+def own(
+    dest: Path, record: StagingRecord, *, part: str | None = None, folder: str | None = None
+) -> None:
+    """Record a part file or folder as ours before writing it (a crash leaves no stranger)."""
+    changed = False
+    if part is not None and part not in record.parts:
+        record.parts.append(part)
+        changed = True
+    if folder is not None and folder not in record.dirs:
+        record.dirs.append(folder)
+        changed = True
+    if changed:
+        write_record(dest, record)
+
+
+def remove_stale_parts(dest: Path, record: StagingRecord, keep: set[str]) -> list[str]:
+    """Delete recorded part files that no planned file will continue (an older revision's)."""
+    removed: list[str] = []
+    for name in sorted(set(record.parts) - keep):
+        p = staging_dir(dest) / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+            removed.append(f"{STAGING}/{name}")
+        record.parts.remove(name)
+    if removed:
+        write_record(dest, record)
+    return removed
+
+
+def close_staging(dest: Path, record: StagingRecord) -> list[str]:
+    """After a complete fetch: delete what the record lists, then the folder if it is empty.
+    Returns what was left there (someone else's files), relative to ``dest``."""
+    base = staging_dir(dest)
+    for name in record.parts:
+        p = base / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+    for name in record.dirs:
+        p = base / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+    (base / RECORD).unlink(missing_ok=True)
+    left = sorted(f"{STAGING}/{p.name}" for p in base.iterdir()) if base.is_dir() else []
+    if base.is_dir() and not left:
+        base.rmdir()
+    return left
+
+
+def unrelated_entries(dest: Path, names: set[str]) -> list[str]:
+    """Top-level entries of ``dest`` that are neither checkpoint files (``names``) nor ours."""
+    if not dest.is_dir():
+        return []
+    ours = names | {MANIFEST_NAME, STAGING}
+    out = []
+    for p in sorted(dest.iterdir()):
+        if p.name not in ours:
+            out.append(p.name + ("/" if p.is_dir() and not p.is_symlink() else ""))
+    return out
+
+
+def staging_strangers(dest: Path, record: StagingRecord | None) -> list[str]:
+    """Entries in the staging folder that its record does not list (never touched)."""
+    base = staging_dir(dest)
+    if record is None or not base.is_dir() or base.is_symlink():
+        return []
+    known = set(record.parts) | set(record.dirs) | {RECORD}
+    return sorted(f"{STAGING}/{p.name}" for p in base.iterdir() if p.name not in known)
