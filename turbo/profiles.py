@@ -46,12 +46,9 @@ class Profile:
     env: dict[str, str]
     extra: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
-<<<<<<< HEAD
-    device: str = "cuda"
-=======
     # --set env.NAME=value: applied after everything else (None: remove the variable).
     env_set: dict[str, str | None] = field(default_factory=dict)
->>>>>>> main
+    device: str = "cuda"
 
     @property
     def host(self) -> str:
@@ -121,6 +118,9 @@ SCHEMA = schema.Table(
                     "kind": schema.Value((str,), check=schema.one_of(*KINDS)),
                     "description": schema.Value((str,), required=False),
                     "cluster": schema.Value((bool,), required=False),
+                    # What it serves on (DEVICES); a cpu profile takes no GPU [defaults].
+                    "device": schema.Value((str,), required=False, check=schema.one_of(*DEVICES)),
+                    "defaults": schema.Value((bool,), required=False),
                     "args": _ARGS,
                     "env": _ENVS,
                 }
@@ -158,6 +158,7 @@ SCHEMA = schema.Table(
                 "max_safe_utilization": schema.Value(
                     (float,), required=False, check=schema.between(0, 1, open_low=True)
                 ),
+                "cpu_overhead_gb": schema.Value((float,), required=False, check=schema.at_least(0)),
             },
             required=False,
         ),
@@ -219,34 +220,7 @@ def load_book(path: Path | None = None) -> ProfileBook:
     schema.validate(raw, SCHEMA, p, _FIX)
     _check_book(raw, p)
     defaults = raw.get("defaults", {})
-<<<<<<< HEAD
-    profiles = raw.get("profiles", {})
-    if not isinstance(profiles, dict) or not profiles:
-        raise _bad_file(p, "has no [profiles.*] tables")
-    for name, prof in profiles.items():
-        kind = prof.get("kind")
-        if kind not in KINDS:
-            raise _bad_file(p, f"profile {name} has kind {kind!r}, not one of {', '.join(KINDS)}")
-        for key, value in prof.get("args", {}).items():
-            _check_value(p, f"profiles.{name}.args", key, value)
-        if prof.get("device", "cuda") not in DEVICES:
-            raise _bad_file(
-                p,
-                f"profile {name} has device {prof.get('device')!r}, not one of "
-                f"{', '.join(DEVICES)}",
-            )
-    d_args = {
-        k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
-    }
-    d_env = {k: str(v) for k, v in defaults.get("env", {}).items()}
-    sections = {
-        k: v
-        for k, v in raw.items()
-        if k not in ("defaults", "profiles", "env_names") and isinstance(v, dict)
-    }
-=======
     sections = {k: v for k, v in raw.items() if k not in ("defaults", "profiles", "env_names")}
->>>>>>> main
     return ProfileBook(
         defaults_args=dict(defaults.get("args", {})),
         defaults_env=dict(defaults.get("env", {})),
@@ -487,11 +461,8 @@ def resolve(
         env=env,
         extra=list(ov.extra),
         settings=settings,
-<<<<<<< HEAD
-        device=str(raw.get("device", "cuda")),
-=======
         env_set=env_set,
->>>>>>> main
+        device=str(raw.get("device", "cuda")),
     )
 
 
