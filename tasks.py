@@ -862,7 +862,7 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
 
 
 # --------------------------------------------------------------------------- adopt / demo
-@task(name="adopt-vllm", help={
+@task(name="adopt-vllm", checks={"vllm": opt.executable}, help={
     "vllm": "The vllm executable of the install to adopt (default: `vllm` on PATH).",
     "force": "Replace a stamp of a vLLM built here.",
     "dry_run": "Probe and print what would be stamped; write nothing.",
@@ -882,7 +882,8 @@ def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = 
         print(_json.dumps(data, indent=2, sort_keys=True))
 
 
-@task(name="adopt-model", help={
+@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word},
+      help={
     "dir": "The model directory (e.g. copied from another Spark).",
     "repo": "Hub repo id to record as its origin (default local:<dir name>).",
     "force": "Replace a manifest written by fetch-model.",
@@ -896,7 +897,7 @@ def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
     _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
 
 
-@task(help={
+@task(checks={"port": opt.PORT}, help={
     "port": "Port for the demo server (default: a free one).",
     "keep": "Leave the server running at the end (stop it with `invoke stop --port N`).",
     "dry_run": "Print the steps and commands; install and run nothing."})
