@@ -25,6 +25,7 @@ from invoke.tasks import Task
 from invoke.tasks import task as _invoke_task
 
 from turbo.errors import UsageError
+from turbo.paths import unwritable_reason
 
 # One short flag per meaning, the same in every task.
 FIXED_SHORT = {"dry_run": "n", "json": "j"}
@@ -339,29 +340,12 @@ def file_or_url(value: str) -> None:
         existing_file(value)
 
 
-def writable_place(path: Path) -> str | None:
-    """Why ``path`` cannot be created or written, or None. The nearest existing parent decides:
-    it must be a directory this user may write (checked before anything is downloaded or
-    built, so --dry-run already says so)."""
-    import os
-
-    from turbo.paths import nearest_existing
-
-    base = nearest_existing(path)
-    if base != path.absolute() and not base.is_dir():
-        return f"{base} is a file, so nothing can be created under it"
-    target = path if path.exists() else base
-    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
-        return f"{target} is not writable by this user"
-    return None
-
-
 def dir_target(value: str) -> None:
     """A directory to write into: it may not exist yet, but it must not be a file."""
     p = Path(value).expanduser()
     if p.exists() and not p.is_dir():
         raise OptionError("is a file, not a directory", "Pass a directory (it may be new)")
-    why = writable_place(p)
+    why = unwritable_reason(p)
     if why:
         raise OptionError(why, "Pass a directory you can write, or fix its permissions")
 
@@ -371,7 +355,7 @@ def file_target(value: str) -> None:
     p = Path(value).expanduser()
     if p.is_dir():
         raise OptionError("is a directory", "Pass a file name")
-    why = writable_place(p)
+    why = unwritable_reason(p)
     if why:
         raise OptionError(why, "Pass a file name in a directory you can write")
 

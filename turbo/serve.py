@@ -407,6 +407,19 @@ def preflight(
                     "install libnccl2 or set VLLM_NCCL_SO_PATH.",
                 )
             )
+    # Logs and pid files go under TURBO_HOME: say so now, not after a 15-minute start.
+    for where in (paths.log_dir(), paths.run_dir()):
+        why = paths.unwritable_reason(where)
+        if why:
+            checks.append(
+                Check(
+                    "state dir",
+                    FAIL,
+                    why,
+                    "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`).",
+                )
+            )
+            break
     return checks
 
 
