@@ -80,7 +80,11 @@ _BUILD_HELP = {
     "qutlass_src": "Local QuTLASS source (QUTLASS_SRC_DIR).",
     "triton_kernels_src": "Local triton_kernels source (TRITON_KERNELS_SRC_DIR).",
     "python": "Interpreter of the environment to build into (default: this one).",
-    "no_runtime_deps": "Skip installing vLLM's runtime requirements (requirements/cuda.txt).",
+    "no_runtime_deps": "Leave vLLM's runtime requirements (requirements/cuda.txt) out of the "
+                       "check (or, with --pip-deps, out of the install).",
+    "pip_deps": "Install vLLM's requirements with pip instead of only checking them against "
+                "pixi.toml (the default outside a pixi environment; inside one, pixi would put "
+                "its own versions back).",
     "force": "Rebuild even if the stamp says this exact build is done.",
     "verbose": "Echo the whole build output, not just progress (the log has it either way).",
     "dry_run": "Print the plan (every command and environment variable) and exit 0.",
@@ -91,7 +95,7 @@ _BUILD_HELP = {
 def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, max_jobs: int,
                    nvcc_threads: int, overrides: dict[str, str], python: str,
                    no_runtime_deps: bool, force: bool, verbose: bool,
-                   patch_ref: str = "") -> object:
+                   patch_ref: str = "", pip_deps: bool = False) -> object:
     from pathlib import Path
 
     from turbo.build import BuildOptions
@@ -102,7 +106,7 @@ def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, m
         max_jobs=max_jobs or None, nvcc_threads=nvcc_threads or None,
         overrides={k: v for k, v in overrides.items() if v},
         runtime_deps=not no_runtime_deps, force=force, verbose=verbose,
-        patch_ref=patch_ref or None)
+        patch_ref=patch_ref or None, pip_deps=True if pip_deps else None)
 
 
 @task(name="build-vllm", help=_BUILD_HELP, allow_empty=["target"], checks={
@@ -118,7 +122,7 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
                cutlass_src: str = "", flash_attn_src: str = "", flashmla_src: str = "",
                qutlass_src: str = "", triton_kernels_src: str = "", python: str = "",
                no_runtime_deps: bool = False, force: bool = False, verbose: bool = False,
-               dry_run: bool = False, json: bool = False) -> None:
+               dry_run: bool = False, json: bool = False, pip_deps: bool = False) -> None:
     """Build vLLM at the pinned commit with the GB10 patch series; a no-op when already built.
 
     Checks the toolchain, fetches only the pinned commit (or uses --src), applies the patch
@@ -135,7 +139,8 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
 
     def go() -> None:
         opts = _build_options(src, ref, repo, target, arch_list, max_jobs, nvcc_threads,
-                              overrides, python, no_runtime_deps, force, verbose, patch_ref)
+                              overrides, python, no_runtime_deps, force, verbose, patch_ref,
+                              pip_deps)
         assert isinstance(opts, build.BuildOptions)
         pins = load_pins()
         from pathlib import Path

@@ -206,3 +206,22 @@ def test_bad_versions_are_one_clear_line() -> None:
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_moved_file_is_named_in_the_conflict(unpacked: dict[str, Path], tmp_path: Path) -> None:
+    """0.20.0 moved nvfp4_utils.cuh under csrc/libtorch_stable/; whoever refreshes 0003 is told
+    where it went (same move done here on the real 0.16.0 file)."""
+    src = unpacked["0.16.0"]
+    tree = tmp_path / "vllm-0.16.0"
+    old = "csrc/quantization/fp4/nvfp4_utils.cuh"
+    new = tree / "csrc/libtorch_stable/quantization/fp4/nvfp4_utils.cuh"
+    new.parent.mkdir(parents=True)
+    shutil.copy(src / old, new)
+    shutil.copy(src / "CMakeLists.txt", tree / "CMakeLists.txt")
+    shutil.copytree(src / "cmake", tree / "cmake")
+    patch = next(p for p in patching.load_series() if p.name.startswith("0003"))
+    cell = patch_matrix._cell(patch, "0.16.0", tree, patch_intent.TreeFacts(tree))
+    assert cell.state == "conflicts"
+    assert cell.conflict is not None
+    assert f"file {old}: No such file or directory" in cell.conflict
+    assert "csrc/libtorch_stable/quantization/fp4/nvfp4_utils.cuh" in cell.conflict
