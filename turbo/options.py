@@ -109,7 +109,10 @@ class CheckedTask(_TaskBase):
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         fixed = FIXED_SHORT.get(name)
         if fixed is None:
-            return super().arg_opts(name, default, taken_names | set(FIXED_SHORT.values()))
+            opts = super().arg_opts(name, default, taken_names | set(FIXED_SHORT.values()))
+            # invoke falls back to '_' once a name's letters are taken, shown as a bare "--".
+            opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalpha()]
+            return opts
         # Every letter counts as taken so invoke picks none; then the fixed one is added.
         opts = super().arg_opts(name, default, taken_names | set("abcdefghijklmnopqrstuvwxyz"))
         opts["names"] = [opts["names"][0], fixed]
