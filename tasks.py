@@ -345,15 +345,13 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
     Foreground by default (Ctrl-C stops vLLM cleanly); --detach for the background.
     Extra vLLM arguments go after --, e.g. `invoke serve --profile mtp -- --max-num-seqs 4`.
     """
-    import shlex
-
     from turbo import serve as srv
     from turbo.pins import load_pins
     from turbo.profiles import Overrides
 
     def go() -> int:
         ov = Overrides(port=port or None, model=model or None, host=host or None,
-                       sets=tuple(set or ()), extra=tuple(shlex.split(c.remainder or "")),
+                       sets=tuple(set or ()), extra=tuple(opt.remainder_words(c.remainder or "")),
                        head=head or None, node_ip=node_ip or None)
         net = srv.NetOptions(ifname=ifname or None,
                              hca=tuple(h for h in hca.split(",") if h),

@@ -145,3 +145,30 @@ def test_pid_one_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TurboError):
         serve.stop()
     assert sent == []
+
+
+# --------------------------------------------------------------------------- after --
+def test_words_after_double_dash_reach_vllm_exactly() -> None:
+    """invoke joins the words after -- with spaces; re-splitting that string broke a JSON
+    value with spaces and dropped its quotes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = '{"method": "mtp", "num_speculative_tokens": 2}'
+    proc = subprocess.run([sys.executable, "-m", "invoke", "serve", "--dry-run", "--json", "--",
+                           "--speculative-config", spec, "--max-num-seqs", "'4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(proc.stdout)["argv"]
+    assert argv[-4:] == ["--speculative-config", spec, "--max-num-seqs", "'4"]
+
+
+def test_remainder_that_cannot_be_split_is_one_line() -> None:
+    from turbo.options import remainder_words
+
+    assert remainder_words("--a 1", ["invoke", "serve", "--", "--a", "1"]) == ["--a", "1"]
+    assert remainder_words('--b "x y"', ["pytest"]) == ["--b", "x y"]
+    with pytest.raises(UsageError, match="after --"):
+        remainder_words("--max-num-seqs '4", ["pytest"])
