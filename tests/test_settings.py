@@ -172,3 +172,25 @@ def test_remainder_that_cannot_be_split_is_one_line() -> None:
     assert remainder_words('--b "x y"', ["pytest"]) == ["--b", "x y"]
     with pytest.raises(UsageError, match="after --"):
         remainder_words("--max-num-seqs '4", ["pytest"])
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HEAD_IP": "garbage"}, "HEAD_IP (environment)"),
+    ({"NODE_IP": "10.0.0.300"}, "NODE_IP (environment)"),
+])
+def test_node_addresses_from_the_environment_are_checked(env: dict[str, str],
+                                                         words: str) -> None:
+    with pytest.raises(UsageError, match="not an IP address") as exc:
+        resolve("tp2-serve", PINS, environ=env)
+    assert words in exc.value.line()
+
+
+def test_set_head_is_checked() -> None:
+    with pytest.raises(UsageError, match="not an IP address"):
+        resolve("tp2-worker", PINS, Overrides(sets=("head=nohost",)), environ={})
+
+
+def test_exported_gid_index_that_is_no_number_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="NCCL_IB_GID_INDEX='abc'"):
+        plan_of("tp2-serve", tmp_path, None, {"NCCL_IB_GID_INDEX": "abc",
+                                              "HEAD_IP": "192.168.100.10"})

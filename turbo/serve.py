@@ -848,8 +848,15 @@ def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
     ifname = net.ifname or environ.get("NCCL_SOCKET_IFNAME") or None
     hca = net.hca or tuple(h for h in environ.get("NCCL_IB_HCA", "").split(",") if h)
     gid = net.gid_index
-    if gid is None and environ.get("NCCL_IB_GID_INDEX", "").isdigit():
-        gid = int(environ["NCCL_IB_GID_INDEX"])
+    exported = environ.get("NCCL_IB_GID_INDEX", "").strip()
+    if gid is None and exported:
+        if not exported.isdigit() or int(exported) > 255:
+            raise UsageError(
+                f"NCCL_IB_GID_INDEX={exported!r} (environment)",
+                "is not a GID index (0-255)",
+                "Unset it to use the RoCE v2 GID found in sysfs, or pass --gid-index N.",
+            )
+        gid = int(exported)
     return NetOptions(ifname, hca, gid)
 
 
