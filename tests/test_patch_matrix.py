@@ -225,3 +225,26 @@ def test_a_moved_file_is_named_in_the_conflict(unpacked: dict[str, Path], tmp_pa
     assert cell.conflict is not None
     assert f"file {old}: No such file or directory" in cell.conflict
     assert "csrc/libtorch_stable/quantization/fp4/nvfp4_utils.cuh" in cell.conflict
+
+
+def test_doc_is_written_only_where_allowed(archives: dict[str, Path], tmp_path: Path) -> None:
+    """--doc writes a new file, may rewrite its own, and refuses (before any work) to replace
+    a file it did not write."""
+    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple/",
+               TURBO_HOME=str(tmp_path / "home"))  # fmt: skip
+    foreign = tmp_path / "notes.md"
+    foreign.write_text("my notes\n")
+    argv = [sys.executable, "-m", "invoke", "patches.matrix", "--versions", "0.16.0", "--doc"]
+    refused = subprocess.run([*argv, str(foreign)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert refused.returncode == 1 and "was not written by patches.matrix" in refused.stderr
+    assert "[1/1]" not in refused.stderr, "it must refuse before evaluating"
+    assert foreign.read_text() == "my notes\n"
+    fresh = tmp_path / "out" / "matrix.md"
+    for _ in range(2):  # the second run rewrites its own file
+        ok = subprocess.run([*argv, str(fresh)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+    text = fresh.read_text()
+    assert text.startswith(patch_matrix_render.DOC_HEAD)
+    assert "| 0.16.0 | 2.9.1 / 2.9.1 | applies | applies | applies | n/a |" in text
