@@ -143,6 +143,14 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
                               pip_deps)
         assert isinstance(opts, build.BuildOptions)
         pins = load_pins()
+        from pathlib import Path
+
+        from turbo import paths
+
+        paths.require_writable("build-vllm", paths.state_dir())
+        if src:
+            paths.require_writable("build-vllm --src", Path(src),
+                                   "The tree is patched in place: pass a copy you can write.")
         if dry_run:
             plan = build.dry_run(opts, pins)
             if json:

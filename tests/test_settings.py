@@ -3,13 +3,14 @@ PORT for the client tasks), and --set env.NAME reaches the server's environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.test_profiles import plan_of
 from turbo import doctor, endpoint
-from turbo.errors import UsageError
+from turbo.errors import TurboError, UsageError
 from turbo.pins import load_pins
 from turbo.profiles import Overrides, env_port, resolve
 
@@ -105,3 +106,42 @@ def test_doctor_with_bad_port_env_fails_its_row(monkeypatch: pytest.MonkeyPatch)
     checks = {c.name: c for c in doctor.run_checks(PINS, host)}
     port = checks["serve port"]
     assert port.status == doctor.FAIL and "PORT" in port.detail
+
+
+# --------------------------------------------------------------------------- stop, pid files
+@pytest.mark.parametrize("content", [
+    "{not json", '{"pid": "abc", "kind": "serve", "port": 8011}', "[1, 2]",
+    '{"pid": 1, "kind": "serve", "port": 8011, "start_time": "1"}',
+    '{"pid": true, "kind": "serve", "port": 8011}',
+])
+def test_stop_with_a_corrupt_pid_file_is_one_line(content: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_bad_input import run_inprocess
+    from turbo import paths
+
+    run = paths.run_dir()
+    run.mkdir(parents=True)
+    (run / "serve-8011.json").write_text(content)
+    code, _, err = run_inprocess(["stop"], capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "serve-8011.json" in lines[0] and "pgrep" in lines[0], err
+    assert (run / "serve-8011.json").exists()  # not ours to judge: left for the user
+
+
+def test_pid_one_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crafted record naming pid 1 with its real start time must not reach killpg."""
+    from turbo import paths, serve
+
+    start = serve._start_time(1)
+    if start is None:
+        pytest.skip("no /proc/1 here")
+    run = paths.run_dir()
+    run.mkdir(parents=True)
+    (run / "serve-8011.json").write_text(json.dumps(
+        {"pid": 1, "kind": "serve", "port": 8011, "start_time": start}))
+    sent: list[int] = []
+    monkeypatch.setattr(serve.os, "killpg", lambda pid, sig: sent.append(pid))
+    with pytest.raises(TurboError):
+        serve.stop()
+    assert sent == []
