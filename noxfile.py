@@ -64,3 +64,12 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "turbo")
     session.run("mypy")
+
+
+@nox.session(venv_backend="none", default=False)
+def configure_proof(session: nox.Session) -> None:
+    """vLLM 0.16.0's own CMake configure against a CUDA 13.0 prefix in conda-forge's layout:
+    fails with the old activation, passes with pixi.toml's; then compiles the GB10 units with
+    CMake's flags. Needs a CUDA torch, CUDA 13.0, cmake, ninja (docs/build.md, "configure");
+    options after `--` go to tests/configure_proof.py (--help lists them)."""
+    session.run("python", "tests/configure_proof.py", *session.posargs)

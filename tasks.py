@@ -143,6 +143,14 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
                               pip_deps)
         assert isinstance(opts, build.BuildOptions)
         pins = load_pins()
+        from pathlib import Path
+
+        from turbo import paths
+
+        paths.require_writable("build-vllm", paths.state_dir())
+        if src:
+            paths.require_writable("build-vllm --src", Path(src),
+                                   "The tree is patched in place: pass a copy you can write.")
         if dry_run:
             plan = build.dry_run(opts, pins)
             if json:
@@ -338,14 +346,12 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
     Extra vLLM arguments go after --, e.g. `invoke serve --profile mtp -- --max-num-seqs 4`.
     """
     from turbo import serve as srv
-    from turbo.extra_args import words_after_dashes
     from turbo.pins import load_pins
     from turbo.profiles import Overrides
 
     def go() -> int:
         ov = Overrides(port=port or None, model=model or None, host=host or None,
-                       sets=tuple(set or ()),
-                       extra=tuple(words_after_dashes(sys.argv, c.remainder or "")),
+                       sets=tuple(set or ()), extra=tuple(opt.remainder_words(c.remainder or "")),
                        head=head or None, node_ip=node_ip or None)
         net = srv.NetOptions(ifname=ifname or None,
                              hca=tuple(h for h in hca.split(",") if h),

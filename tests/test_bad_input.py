@@ -85,6 +85,7 @@ ROWS: dict[tuple[str, str], Row] = {
     ("build-vllm", "triton-kernels-src"): EXISTING_DIR,
     ("build-vllm", "python"): PYTHON,
     ("build-vllm", "no-runtime-deps"): FLAG,
+    ("build-vllm", "pip-deps"): FLAG,
     ("build-vllm", "force"): FLAG,
     ("build-vllm", "verbose"): FLAG,
     ("build-vllm", "dry-run"): FLAG,
@@ -310,6 +311,7 @@ def test_dry_run_and_json_short_flags_are_one_convention() -> None:
     for name in TASKS:
         for arg in TASKS[name].get_arguments():
             shorts = {n for n in arg.names if len(n) == 1}
+            assert all(n.isalpha() for n in shorts), (name, arg.names)
             if arg.names[0] == "dry-run":
                 assert shorts == {"n"}, (name, arg.names)
             elif arg.names[0] == "json":

@@ -258,15 +258,6 @@ def test_demo_dry_run_lists_the_real_commands(tmp_path: Path,
     assert not (tmp_path / "envs").exists()  # a dry run installs nothing
 
 
-def test_words_after_dashes_keep_the_shells_quoting() -> None:
-    spec = '{"method":"mtp","num_speculative_tokens":1}'
-    argv = ["invoke", "serve", "--", "--speculative-config", spec]
-    # invoke's remainder is the words joined with spaces: splitting it again loses the quotes.
-    remainder = " ".join(argv[3:])
-    assert extra_args.words_after_dashes(argv, remainder) == ["--speculative-config", spec]
-    assert extra_args.words_after_dashes(["x"], "--a 'b c'") == ["--a", "b c"]
-
-
 def test_serve_passes_json_after_dashes_to_vllm_intact(tmp_path: Path) -> None:
     import subprocess
     import sys

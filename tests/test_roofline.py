@@ -300,3 +300,13 @@ def test_docs_estimate_for_qwen3_next_on_gb10() -> None:
     quantised_gdn = traffic([e for e in data["exclude_modules"] if "linear_attn" not in e])
     alt = roofline.bytes_per_token(quantised_gdn, 2048)
     assert f"{alt / 1e9:.2f} GB" in docs and f"{roofline.roofline_tok_s(273, alt):.1f}" in docs
+
+
+def test_without_a_gpu_the_measured_figure_is_host_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU-backend server reads its weights from host memory: that is the figure to show.
+    monkeypatch.setattr(bandwidth, "gpu_name", lambda: None)
+    monkeypatch.setattr(bandwidth, "measure_copy_gbs", lambda: (None, "no CUDA device"))
+    bw = bandwidth.bandwidth()
+    assert bw.measured_gbs is not None and bw.measured_gbs > 0.1
+    assert "host memory copy" in bw.measured_how and bw.used_source == "measured copy"

@@ -669,7 +669,7 @@ def markdown(report: Report) -> str:
         f"repeats; {report.started}.",
         "",
         "| prompt | output | concurrency | TTFT ms | decode tok/s (per stream) | "
-        "total tok/s | MTP acceptance | mean accepted length | roofline tok/s | "
+        "total tok/s | MTP acceptance | tokens per pass (mean accepted length) | roofline tok/s | "
         "MTP roofline tok/s | share of roofline |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -9,8 +9,6 @@ becomes serve's own value (exactly as if given as ``--port`` etc.), and a confli
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Sequence
 from dataclasses import replace
 
 from turbo.errors import UsageError
@@ -89,18 +87,3 @@ def absorb(ov: Overrides) -> Overrides:
         sets=tuple(sets),
         extra=tuple(kept),
     )
-
-
-def words_after_dashes(argv: Sequence[str], remainder: str) -> list[str]:
-    """The words after ``--`` exactly as the shell passed them.
-
-    invoke hands tasks the remainder joined with spaces, which loses the shell's quoting: a
-    JSON value such as ``--speculative-config '{"method":"mtp"}'`` comes back from
-    ``shlex.split`` without its inner quotes. The process's own argv still has each word
-    intact; use it when it matches the remainder, else fall back to splitting.
-    """
-    if "--" in argv:
-        words = list(argv[list(argv).index("--") + 1 :])
-        if " ".join(words) == remainder:
-            return words
-    return shlex.split(remainder or "")

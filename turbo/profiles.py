@@ -342,6 +342,20 @@ def _example(rule: Rule, current: ArgValue | None) -> str:
     return {bool: "true", int: str(int(rule.lo or 1)), float: "0.8"}.get(rule.kind, "x")
 
 
+def _address(text: str, where: str) -> str:
+    """A node's RoCE address (head, node-ip): an IP address, as NCCL and Ray are given it."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise UsageError(
+            f"{where} {text!r}",
+            "is not an IP address",
+            "Give the node's RoCE address, e.g. 192.168.100.10 (`invoke cluster.detect`).",
+        ) from None
+
+
 def env_port(environ: Mapping[str, str], default: int) -> int:
     """PORT from the environment (the seed's name), checked, else ``default``."""
     text = environ.get("PORT", "")
@@ -402,7 +416,7 @@ def resolve(
         if key == "model":
             model = value
         elif key in CLUSTER_SETTINGS:
-            settings[key] = value
+            settings[key] = _address(value, f"{env_name} (environment)")
         else:
             args[key] = typed_value(
                 key, value, args.get(key), f"{env_name} (environment)", env_name
@@ -434,7 +448,7 @@ def resolve(
         if key == "model":
             model = value
         elif key in CLUSTER_SETTINGS:
-            settings[key] = value
+            settings[key] = _address(value, f"--set {key}")
         elif value == "":
             del args[key]
         else:

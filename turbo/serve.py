@@ -447,6 +447,19 @@ def preflight(
                     "install libnccl2 or set VLLM_NCCL_SO_PATH.",
                 )
             )
+    # Logs and pid files go under TURBO_HOME: say so now, not after a 15-minute start.
+    for where in (paths.log_dir(), paths.run_dir()):
+        why = paths.unwritable_reason(where)
+        if why:
+            checks.append(
+                Check(
+                    "state dir",
+                    FAIL,
+                    why,
+                    "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`).",
+                )
+            )
+            break
     return checks
 
 
@@ -526,24 +539,55 @@ def record(plan: Plan, pid: int, log: Path) -> Path:
     return p
 
 
-def running() -> list[dict[str, Any]]:
-    """Recorded servers that are still alive (stale pid files are removed)."""
+def _usable_record(rec: dict[str, Any] | None) -> bool:
+    """A pid file as serve writes it: a serve record names a real process (pid above 1, its
+    start time), so a corrupt or crafted file can never make stop signal init or a stranger."""
+    if rec is None:
+        return False
+    if rec.get("kind") != "serve":
+        return True
+    pid = rec.get("pid")
+    return (
+        isinstance(pid, int)
+        and not isinstance(pid, bool)
+        and pid > 1
+        and pid != os.getpid()
+        and isinstance(rec.get("start_time"), str)
+    )
+
+
+def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed). Files that are not
+    usable records are left alone and listed in ``corrupt``."""
     out: list[dict[str, Any]] = []
     d = paths.run_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
         rec = read_json(f)
-        if rec is None:
+        if rec is None or not _usable_record(rec):
+            if corrupt is not None:
+                corrupt.append(f)
             continue
         rec["file"] = str(f)
         if rec.get("kind") != "serve":
             out.append(rec)
             continue
-        pid = int(str(rec.get("pid", 0)))
-        if pid and _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+        pid = int(rec["pid"])
+        if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
             out.append(rec)
         else:
             f.unlink(missing_ok=True)
     return out
+
+
+def _corrupt_pid_files(files: list[Path]) -> TurboError:
+    more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+    return TurboError(
+        f"pid file {files[0]}{more}",
+        "is not a record written by serve (corrupt or edited), so it cannot say which "
+        "process to stop",
+        "If a server still runs, find it with `pgrep -af 'vllm serve'` and end it; then "
+        "delete the file.",
+    )
 
 
 # ------------------------------------------------------------------------------ launch
@@ -795,10 +839,13 @@ def stop(
     port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
 ) -> int:
     """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
-    recs = running()
+    corrupt: list[Path] = []
+    recs = running(corrupt)
     if port is not None:
         recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
     if not recs:
+        if corrupt:
+            raise _corrupt_pid_files(corrupt)
         out("nothing to stop: no server recorded in " + str(paths.run_dir()))
         return 0
     if len(recs) > 1 and not everything and port is None:
@@ -831,6 +878,8 @@ def stop(
             out(f"pid {pid} ignored SIGTERM for {timeout:.0f} s: killed")
         f.unlink(missing_ok=True)
         out(f"stopped {rec.get('profile')} (pid {pid}, port {rec.get('port')})")
+    if corrupt:
+        out(f"warning: {_corrupt_pid_files(corrupt).line()}")
     return 0
 
 
@@ -863,8 +912,15 @@ def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
     ifname = net.ifname or environ.get("NCCL_SOCKET_IFNAME") or None
     hca = net.hca or tuple(h for h in environ.get("NCCL_IB_HCA", "").split(",") if h)
     gid = net.gid_index
-    if gid is None and environ.get("NCCL_IB_GID_INDEX", "").isdigit():
-        gid = int(environ["NCCL_IB_GID_INDEX"])
+    exported = environ.get("NCCL_IB_GID_INDEX", "").strip()
+    if gid is None and exported:
+        if not exported.isdigit() or int(exported) > 255:
+            raise UsageError(
+                f"NCCL_IB_GID_INDEX={exported!r} (environment)",
+                "is not a GID index (0-255)",
+                "Unset it to use the RoCE v2 GID found in sysfs, or pass --gid-index N.",
+            )
+        gid = int(exported)
     return NetOptions(ifname, hca, gid)
 
 
