@@ -3,13 +3,14 @@ PORT for the client tasks), and --set env.NAME reaches the server's environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.test_profiles import plan_of
 from turbo import doctor, endpoint
-from turbo.errors import UsageError
+from turbo.errors import TurboError, UsageError
 from turbo.pins import load_pins
 from turbo.profiles import Overrides, env_port, resolve
 
@@ -105,3 +106,91 @@ def test_doctor_with_bad_port_env_fails_its_row(monkeypatch: pytest.MonkeyPatch)
     checks = {c.name: c for c in doctor.run_checks(PINS, host)}
     port = checks["serve port"]
     assert port.status == doctor.FAIL and "PORT" in port.detail
+
+
+# --------------------------------------------------------------------------- stop, pid files
+@pytest.mark.parametrize("content", [
+    "{not json", '{"pid": "abc", "kind": "serve", "port": 8011}', "[1, 2]",
+    '{"pid": 1, "kind": "serve", "port": 8011, "start_time": "1"}',
+    '{"pid": true, "kind": "serve", "port": 8011}',
+])
+def test_stop_with_a_corrupt_pid_file_is_one_line(content: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_bad_input import run_inprocess
+    from turbo import paths
+
+    run = paths.run_dir()
+    run.mkdir(parents=True)
+    (run / "serve-8011.json").write_text(content)
+    code, _, err = run_inprocess(["stop"], capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "serve-8011.json" in lines[0] and "pgrep" in lines[0], err
+    assert (run / "serve-8011.json").exists()  # not ours to judge: left for the user
+
+
+def test_pid_one_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crafted record naming pid 1 with its real start time must not reach killpg."""
+    from turbo import paths, serve
+
+    start = serve._start_time(1)
+    if start is None:
+        pytest.skip("no /proc/1 here")
+    run = paths.run_dir()
+    run.mkdir(parents=True)
+    (run / "serve-8011.json").write_text(json.dumps(
+        {"pid": 1, "kind": "serve", "port": 8011, "start_time": start}))
+    sent: list[int] = []
+    monkeypatch.setattr(serve.os, "killpg", lambda pid, sig: sent.append(pid))
+    with pytest.raises(TurboError):
+        serve.stop()
+    assert sent == []
+
+
+# --------------------------------------------------------------------------- after --
+def test_words_after_double_dash_reach_vllm_exactly() -> None:
+    """invoke joins the words after -- with spaces; re-splitting that string broke a JSON
+    value with spaces and dropped its quotes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = '{"method": "mtp", "num_speculative_tokens": 2}'
+    proc = subprocess.run([sys.executable, "-m", "invoke", "serve", "--dry-run", "--json", "--",
+                           "--speculative-config", spec, "--max-num-seqs", "'4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(proc.stdout)["argv"]
+    assert argv[-4:] == ["--speculative-config", spec, "--max-num-seqs", "'4"]
+
+
+def test_remainder_that_cannot_be_split_is_one_line() -> None:
+    from turbo.options import remainder_words
+
+    assert remainder_words("--a 1", ["invoke", "serve", "--", "--a", "1"]) == ["--a", "1"]
+    assert remainder_words('--b "x y"', ["pytest"]) == ["--b", "x y"]
+    with pytest.raises(UsageError, match="after --"):
+        remainder_words("--max-num-seqs '4", ["pytest"])
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HEAD_IP": "garbage"}, "HEAD_IP (environment)"),
+    ({"NODE_IP": "10.0.0.300"}, "NODE_IP (environment)"),
+])
+def test_node_addresses_from_the_environment_are_checked(env: dict[str, str],
+                                                         words: str) -> None:
+    with pytest.raises(UsageError, match="not an IP address") as exc:
+        resolve("tp2-serve", PINS, environ=env)
+    assert words in exc.value.line()
+
+
+def test_set_head_is_checked() -> None:
+    with pytest.raises(UsageError, match="not an IP address"):
+        resolve("tp2-worker", PINS, Overrides(sets=("head=nohost",)), environ={})
+
+
+def test_exported_gid_index_that_is_no_number_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="NCCL_IB_GID_INDEX='abc'"):
+        plan_of("tp2-serve", tmp_path, None, {"NCCL_IB_GID_INDEX": "abc",
+                                              "HEAD_IP": "192.168.100.10"})

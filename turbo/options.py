@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from invoke.tasks import Task
 from invoke.tasks import task as _invoke_task
 
 from turbo.errors import UsageError
+from turbo.paths import unwritable_reason
 
 # One short flag per meaning, the same in every task.
 FIXED_SHORT = {"dry_run": "n", "json": "j"}
@@ -108,7 +109,10 @@ class CheckedTask(_TaskBase):
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         fixed = FIXED_SHORT.get(name)
         if fixed is None:
-            return super().arg_opts(name, default, taken_names | set(FIXED_SHORT.values()))
+            opts = super().arg_opts(name, default, taken_names | set(FIXED_SHORT.values()))
+            # invoke falls back to '_' once a name's letters are taken, shown as a bare "--".
+            opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalpha()]
+            return opts
         # Every letter counts as taken so invoke picks none; then the fixed one is added.
         opts = super().arg_opts(name, default, taken_names | set("abcdefghijklmnopqrstuvwxyz"))
         opts["names"] = [opts["names"][0], fixed]
@@ -339,29 +343,12 @@ def file_or_url(value: str) -> None:
         existing_file(value)
 
 
-def writable_place(path: Path) -> str | None:
-    """Why ``path`` cannot be created or written, or None. The nearest existing parent decides:
-    it must be a directory this user may write (checked before anything is downloaded or
-    built, so --dry-run already says so)."""
-    import os
-
-    from turbo.paths import nearest_existing
-
-    base = nearest_existing(path)
-    if base != path.absolute() and not base.is_dir():
-        return f"{base} is a file, so nothing can be created under it"
-    target = path if path.exists() else base
-    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
-        return f"{target} is not writable by this user"
-    return None
-
-
 def dir_target(value: str) -> None:
     """A directory to write into: it may not exist yet, but it must not be a file."""
     p = Path(value).expanduser()
     if p.exists() and not p.is_dir():
         raise OptionError("is a file, not a directory", "Pass a directory (it may be new)")
-    why = writable_place(p)
+    why = unwritable_reason(p)
     if why:
         raise OptionError(why, "Pass a directory you can write, or fix its permissions")
 
@@ -371,7 +358,7 @@ def file_target(value: str) -> None:
     p = Path(value).expanduser()
     if p.is_dir():
         raise OptionError("is a directory", "Pass a file name")
-    why = writable_place(p)
+    why = unwritable_reason(p)
     if why:
         raise OptionError(why, "Pass a file name in a directory you can write")
 
@@ -400,3 +387,27 @@ def multiple_of(n: int, lo: int) -> Check:
             raise OptionError(f"is not a multiple of {n} (at least {lo})", f"Pass e.g. {lo * 2}")
 
     return check
+
+
+def remainder_words(remainder: str, argv: Sequence[str] | None = None) -> list[str]:
+    """The words after ``--`` exactly as the user gave them.
+
+    invoke hands tasks those words joined with spaces, which loses their quoting (a JSON value
+    with spaces falls apart). The process's own argv still has them; the joined text is only
+    re-split (shell rules) when argv does not hold it, e.g. when invoke runs in-process."""
+    import shlex
+    import sys
+
+    words = list(sys.argv if argv is None else argv)
+    if "--" in words:
+        after = words[words.index("--") + 1 :]
+        if " ".join(after) == remainder:
+            return after
+    try:
+        return shlex.split(remainder)
+    except ValueError as exc:
+        raise UsageError(
+            f"arguments after -- ({remainder!r})",
+            f"cannot be split into words ({exc})",
+            "Quote each vLLM flag value as one word.",
+        ) from None

@@ -148,7 +148,7 @@ def reading(matrix: Matrix) -> list[str]:
         elif since:
             verdict = f"**no longer needed from {since}**"
         else:
-            verdict = "**still needed on the newest release**"
+            verdict = f"**still needed on {matrix.rows[-1].version}**, the newest release here"
         out.append(f"- **{_num(name)}** ({info['subject']}): {verdict}. By release: {runs}.")
     conflicts = sorted(
         {
