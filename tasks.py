@@ -10,9 +10,14 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
+from turbo import bandwidth as _bandwidth  # bench's option checks
+from turbo import kernels as _kernels  # the option checks name its variants and layouts
+from turbo import options as opt
+from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
 from turbo.errors import NotBuiltYet, TurboError
+from turbo.options import task
 
 T = TypeVar("T")
 
@@ -77,7 +82,11 @@ _BUILD_HELP = {
     "qutlass_src": "Local QuTLASS source (QUTLASS_SRC_DIR).",
     "triton_kernels_src": "Local triton_kernels source (TRITON_KERNELS_SRC_DIR).",
     "python": "Interpreter of the environment to build into (default: this one).",
-    "no_runtime_deps": "Skip installing vLLM's runtime requirements (requirements/cuda.txt).",
+    "no_runtime_deps": "Leave vLLM's runtime requirements (requirements/cuda.txt) out of the "
+                       "check (or, with --pip-deps, out of the install).",
+    "pip_deps": "Install vLLM's requirements with pip instead of only checking them against "
+                "pixi.toml (the default outside a pixi environment; inside one, pixi would put "
+                "its own versions back).",
     "force": "Rebuild even if the stamp says this exact build is done.",
     "verbose": "Echo the whole build output, not just progress (the log has it either way).",
     "dry_run": "Print the plan (every command and environment variable) and exit 0.",
@@ -88,7 +97,7 @@ _BUILD_HELP = {
 def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, max_jobs: int,
                    nvcc_threads: int, overrides: dict[str, str], python: str,
                    no_runtime_deps: bool, force: bool, verbose: bool,
-                   patch_ref: str = "") -> object:
+                   patch_ref: str = "", pip_deps: bool = False) -> object:
     from pathlib import Path
 
     from turbo.build import BuildOptions
@@ -99,17 +108,23 @@ def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, m
         max_jobs=max_jobs or None, nvcc_threads=nvcc_threads or None,
         overrides={k: v for k, v in overrides.items() if v},
         runtime_deps=not no_runtime_deps, force=force, verbose=verbose,
-        patch_ref=patch_ref or None)
+        patch_ref=patch_ref or None, pip_deps=True if pip_deps else None)
 
 
-@task(name="build-vllm", help=_BUILD_HELP)
+@task(name="build-vllm", help=_BUILD_HELP, allow_empty=["target"], checks={
+    "src": opt.existing_dir, "ref": opt.git_ref, "repo": opt.word, "patch_ref": opt.git_ref,
+    "target": opt.one_of("cuda", ""), "arch_list": opt.arch_list,
+    "max_jobs": opt.int_range(1, 4096), "nvcc_threads": opt.int_range(1, 64),
+    "cutlass_src": opt.existing_dir, "flash_attn_src": opt.existing_dir,
+    "flashmla_src": opt.existing_dir, "qutlass_src": opt.existing_dir,
+    "triton_kernels_src": opt.existing_dir, "python": opt.executable})
 def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_ref: str = "",
                target: str = "cuda",
                arch_list: str = "", max_jobs: int = 0, nvcc_threads: int = 0,
                cutlass_src: str = "", flash_attn_src: str = "", flashmla_src: str = "",
                qutlass_src: str = "", triton_kernels_src: str = "", python: str = "",
                no_runtime_deps: bool = False, force: bool = False, verbose: bool = False,
-               dry_run: bool = False, json: bool = False) -> None:
+               dry_run: bool = False, json: bool = False, pip_deps: bool = False) -> None:
     """Build vLLM at the pinned commit with the GB10 patch series; a no-op when already built.
 
     Checks the toolchain, fetches only the pinned commit (or uses --src), applies the patch
@@ -126,9 +141,18 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
 
     def go() -> None:
         opts = _build_options(src, ref, repo, target, arch_list, max_jobs, nvcc_threads,
-                              overrides, python, no_runtime_deps, force, verbose, patch_ref)
+                              overrides, python, no_runtime_deps, force, verbose, patch_ref,
+                              pip_deps)
         assert isinstance(opts, build.BuildOptions)
         pins = load_pins()
+        from pathlib import Path
+
+        from turbo import paths
+
+        paths.require_writable("build-vllm", paths.state_dir())
+        if src:
+            paths.require_writable("build-vllm --src", Path(src),
+                                   "The tree is patched in place: pass a copy you can write.")
         if dry_run:
             plan = build.dry_run(opts, pins)
             if json:
@@ -150,7 +174,7 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     "python": "Interpreter of the environment vLLM was built in (default: this one).",
     "dry_run": "Print the command and environment and exit 0.",
     "json": "Print the wheel's stamp as JSON.",
-})
+}, checks={"dest": opt.dir_target, "python": opt.executable})
 def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
           json: bool = False) -> None:
     """Make a vLLM wheel from the built tree (no recompilation) with its stamp beside it.
@@ -182,11 +206,14 @@ def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
     "no_deps": "Install the wheel alone, not vLLM's runtime requirements.",
     "dry_run": "Check the wheel, print the install command and exit 0.",
     "json": "Print the recorded stamp as JSON.",
-})
+}, allow_empty=["target"], checks={"wheel": opt.file_or_url, "python": opt.executable,
+                                   "target": opt.one_of("cuda", "")})
 def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda",
                   no_deps: bool = False, dry_run: bool = False, json: bool = False) -> None:
-    """Install a vLLM wheel made by `invoke wheel`, after checking its stamp against this
-    environment (torch, CUDA, machine, GB10 cubin, sha256); records it as this node's build."""
+    """Install a vLLM wheel made by `invoke wheel` after checking its stamp; records the build.
+
+    The stamp is checked against this environment (torch, CUDA, machine, GB10 cubin, sha256).
+    """
     import json as _json
 
     from turbo import wheel as whl
@@ -206,7 +233,7 @@ def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda"
     "compare": "Another node's stamp file: exit 1 with every differing field if the builds "
                "differ.",
     "json": "Print the build identity (and its digest) as JSON.",
-})
+}, checks={"compare": opt.existing_file})
 def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
     """Show this node's build identity and digest; --compare checks another node's stamp."""
     from pathlib import Path
@@ -253,7 +280,8 @@ _FETCH_HELP = {
 }
 
 
-@task(name="fetch-model", help=_FETCH_HELP)
+@task(name="fetch-model", help=_FETCH_HELP, checks={
+    "dest": opt.dir_target, "revision": opt.git_ref})
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
                 dry_run: bool = False, json: bool = False, adopt_existing: bool = False) -> None:
@@ -283,9 +311,10 @@ _SERVE_HELP = {
     "model": "Model directory (default: MODEL, else [model].path in pins.toml).",
     "host": "Address to bind (default 127.0.0.1). Another address warns unless VLLM_API_KEY "
             "is set.",
-    "set": "key=value override of a profile setting, repeatable (e.g. "
-           "gpu-memory-utilization=0.75, env.NCCL_DEBUG=WARN; empty value drops the flag). "
-           "Other vLLM flags go after --.",
+    "set": "key=value, repeatable: a profile setting (gpu-memory-utilization=0.75; an empty "
+           "value drops the flag) or any environment variable of the server "
+           "(env.NCCL_DEBUG=WARN; wins over the profile and your exported value; an empty "
+           "value removes the profile's). Other vLLM flags go after --.",
     "head": "Head node's RoCE address (tp2-worker, tp2-mp-*; or HEAD_IP).",
     "node_ip": "This node's RoCE address (default: the detected port's IPv4; or NODE_IP).",
     "ifname": "RoCE netdev for NCCL/GLOO/TP sockets (default: detected from sysfs).",
@@ -301,7 +330,14 @@ _SERVE_HELP = {
 }
 
 
-@task(help=_SERVE_HELP, iterable=["set"])
+_SERVE_CHECKS = {
+    "port": opt.PORT, "model": opt.dir_target, "host": opt.host,
+    "set": opt.set_item, "head": opt.ip_address, "node_ip": opt.ip_address,
+    "ifname": opt.netdev, "hca": opt.name_list, "gid_index": opt.int_range(0, 255),
+    "health_timeout": opt.SECONDS}
+
+
+@task(help=_SERVE_HELP, iterable=["set"], checks=_SERVE_CHECKS)
 def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", host: str = "",
           set: list[str] | None = None, head: str = "", node_ip: str = "", ifname: str = "",
           hca: str = "", gid_index: int = -1, detach: bool = False, health_timeout: int = 0,
@@ -334,7 +370,8 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
 
 @task(help={"port": "Stop only the server on this port.",
             "all": "Stop every recorded server (and `ray stop` for tp2-head/worker).",
-            "timeout": "Seconds to wait after SIGTERM before SIGKILL."})
+            "timeout": "Seconds to wait after SIGTERM before SIGKILL."},
+      checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
 def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60) -> None:
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
     from turbo import serve as srv
@@ -360,7 +397,10 @@ _CLIENT_HELP = {
             "max_tokens": "Token budget for the chat check (a thinking model needs room); "
                           "fitted to the server's max_model_len.",
             "timeout": "Seconds the server may stay silent mid-answer before the check fails "
-                       "as stalled (default 120; not a limit on a long answer)."})
+                       "as stalled (default 120; not a limit on a long answer)."},
+      checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
+              "wait": opt.int_range(0, 7 * 24 * 3600), "max_tokens": opt.int_range(1),
+              "timeout": opt.SECONDS})
 def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
            max_tokens: int = 1024, timeout: int = 120, json: bool = False) -> None:
     """Check a running server: /health, /v1/models, one chat answer (17 + 25), /metrics.
@@ -393,28 +433,57 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
                    ".turbo/bench/<time>).",
             "no_chart": "Skip the PNG chart (no matplotlib needed).",
             "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
-                       "a stall (default 120; not a limit on a long cell)."})
+                       "a stall (default 120; not a limit on a long cell).",
+            "roofline": "Print the decode roofline alone (bytes per token from --model's "
+                        "config and safetensors headers, over the bandwidth); no server.",
+            "bandwidth_gbs": "Memory bandwidth in GB/s for the roofline (default: the GPU's "
+                             "stated figure, GB10 273; a torch copy is measured and shown).",
+            "context": "Context length in tokens for --roofline's KV reads (default 2048; a "
+                       "bench cell uses its own prompt + half its output).",
+            "kv_dtype": "KV-cache dtype for the roofline (default: the profiles' "
+                        "kv-cache-dtype, fp8)."},
+      checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
+              "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
+              "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
+              "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
+              "out": opt.dir_target, "timeout": opt.SECONDS,
+              "bandwidth_gbs": _bandwidth.check_gbs, "context": opt.int_range(1, 10**7),
+              "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
-          no_chart: bool = False, timeout: int = 120, json: bool = False) -> None:
-    """Benchmark a running server: decode tok/s and TTFT per prompt/output length, MTP draft
-    acceptance, next to the seed's 36 / 42 / 67 tok/s. Writes JSON, Markdown and a PNG chart."""
+          no_chart: bool = False, timeout: int = 120, roofline: bool = False,
+          bandwidth_gbs: float = 0.0, context: int = 0, kv_dtype: str = "",
+          json: bool = False) -> None:
+    """Benchmark a running server: decode tok/s, TTFT and MTP acceptance vs the seed's figures.
+
+    Per prompt/output length, next to the seed's 36 / 42 / 67 tok/s, each as a share of the
+    memory-bandwidth roofline. Writes JSON, Markdown and a PNG chart. --roofline: the limit
+    alone, no server.
+    """
     from turbo import bench as bn
 
     def go() -> None:
+        if roofline:
+            from turbo import roofline as rl
+
+            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
+                             kv_dtype=kv_dtype, as_json=json))
+            return
         print(bn.command(url=url, port=port or None, served_name=served_name,
                          prompt_lens=prompt_lens, output_lens=output_lens,
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
                          model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print))
+                         timeout=float(timeout), printer=_progress if json else print,
+                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype))
 
     _guard(go)
 
 
 @task(name="detect", help={"sysfs": "sysfs root to read (default /sys; tests use a fake tree).",
                            "head": "Head address: picks the port on its subnet when two are up.",
-                           "json": "Print machine-readable JSON."})
+                           "json": "Print machine-readable JSON."},
+      checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
 def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
     """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
     from turbo import cluster as cl
@@ -422,7 +491,8 @@ def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool =
     _guard(lambda: print(cl.detect_command(sysfs, head or None, json)))
 
 
-@task(name="link-check", help={"log": "A serve log of a tp2 profile (default: the newest)."})
+@task(name="link-check", help={"log": "A serve log of a tp2 profile (default: the newest)."},
+      checks={"log": opt.existing_file})
 def cluster_link_check(c: Context, log: str = "") -> None:
     """From NCCL's own log lines: does the TP=2 traffic go over RoCE (RDMA) or plain sockets?
 
@@ -437,6 +507,7 @@ def cluster_link_check(c: Context, log: str = "") -> None:
 
 
 # --------------------------------------------------------------------------- patches
+_PATCH_CHECKS = {"src": opt.existing_dir, "ref": opt.git_ref}
 _PATCH_HELP = {
     "src": "The vLLM source tree (an unpacked sdist or a git checkout). Default: .turbo/vllm.",
     "ref": "The vLLM ref of that tree (a version such as 0.16.0, or a commit). Patches declare "
@@ -462,7 +533,7 @@ def _src_ref(src: str, ref: str) -> tuple[object, str]:
     return Path(src) if src else paths.vllm_src_dir(), ref or load_pins().vllm.commit
 
 
-@task(name="check", help=_PATCH_HELP)
+@task(name="check", help=_PATCH_HELP, checks=_PATCH_CHECKS)
 def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) -> None:
     """Check that the patch series applies to a vLLM tree; changes nothing.
 
@@ -476,7 +547,8 @@ def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) 
 
 
 @task(name="apply", help={**_PATCH_HELP,
-                          "dry_run": "Check and print what would be applied; change nothing."})
+                          "dry_run": "Check and print what would be applied; change nothing."},
+      checks=_PATCH_CHECKS)
 def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = False,
                   json: bool = False) -> None:
     """Apply the patch series to a vLLM tree, all or nothing.
@@ -493,7 +565,8 @@ def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = Fals
 @task(name="revert", help={"src": _PATCH_HELP["src"], "json": _PATCH_HELP["json"],
                            "force": "Revert even if patched files were edited after apply "
                                     "(those edits are lost).",
-                           "dry_run": "Print what would be restored; change nothing."})
+                           "dry_run": "Print what would be restored; change nothing."},
+      checks={"src": opt.existing_dir})
 def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool = False,
                    json: bool = False) -> None:
     """Revert the patch series: the tree becomes byte for byte what it was before apply."""
@@ -511,7 +584,7 @@ def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool
            "unpacked under .turbo/sdist).",
     "check": "Only check: exit 1 if a generated patch is out of date; write nothing.",
     "dry_run": "Same as --check.",
-})
+}, checks={"src": opt.existing_dir})
 def patches_refresh(c: Context, src: str = "", check: bool = False,
                     dry_run: bool = False) -> None:
     """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
@@ -538,7 +611,7 @@ def patches_refresh(c: Context, src: str = "", check: bool = False,
     "src": "The vLLM source tree whose CMakeLists.txt and cmake/utils.cmake are evaluated.",
     "arch_list": "TORCH_CUDA_ARCH_LIST to evaluate (default: the pinned one, 12.1a).",
     "json": "Print machine-readable JSON.",
-})
+}, checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
 def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = False) -> None:
     """Print which CUDA archs each vLLM kernel family gets (vLLM's own CMake logic, cmake -P)."""
     import dataclasses
@@ -565,7 +638,7 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
     "json": "Print the whole matrix as JSON (states, details, arch tables, torch pins).",
     "doc": "Also write the Markdown report to this path (docs/patch-matrix.md).",
     "dry_run": "Say which sdists are cached and how much would be downloaded; do nothing.",
-})
+}, checks={"versions": opt.version_list, "doc": opt.file_target})
 def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
                    doc: str = "", dry_run: bool = False) -> None:
     """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table.
@@ -585,10 +658,12 @@ def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool
             "10.0 and later get the arch-specific 'a' target, which has the E2M1 instruction).",
     "dry_run": "Print the build and run commands and exit 0 (needs no GPU when --arch is given).",
     "json": "Print the device check's JSON report instead of the summary.",
-})
+}, checks={"arch": opt.sm_targets})
 def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool = False) -> None:
-    """On the GPU: hardware cvt.rn.satfinite.e2m1x2 vs the software E2M1 path on all 2^32
-    inputs; reports every difference and what the hardware returns for NaN.
+    """On the GPU: hardware vs software E2M1 conversion on all 2^32 inputs, NaN included.
+
+    Runs cvt.rn.satfinite.e2m1x2 and the software path; reports every difference and what the
+    hardware returns for NaN.
 
     On a DGX Spark (sm_121a) both paths run; on a GPU without the instruction (H100) it says
     the hardware path is absent and checks the software path alone. Exit 1 on any mismatch.
@@ -631,13 +706,19 @@ def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool 
     "out": "Also write the result as JSON to this file.",
     "json": "Print JSON instead of the table.",
     "dry_run": "Print what would be built and run, and exit 0.",
-})
+}, checks={"rows": opt.int_range(1), "cols": opt.multiple_of(16, 16),
+           "iters": opt.int_range(1), "repeats": opt.int_range(1),
+           "variants": opt.list_of(_kernels.VARIANTS),
+           "dtypes": opt.list_of(("bfloat16", "float16")),
+           "layouts": opt.list_of(_kernels.LAYOUTS), "out": opt.file_target})
 def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int = 20,
                   repeats: int = 3, variants: str = "none,turbo,chain,cuda",
                   dtypes: str = "bfloat16,float16", layouts: str = "", out: str = "",
                   json: bool = False, dry_run: bool = False) -> None:
-    """Benchmark the NVFP4 quantisation kernel per E2M1 conversion, as a share of a
-    device-to-device copy moving the same bytes, on random data (any CUDA GPU)."""
+    """Benchmark the NVFP4 quantisation kernel per E2M1 conversion (any CUDA GPU).
+
+    Each figure is a share of a device-to-device copy moving the same bytes, on random data.
+    """
     import dataclasses
     import json as _json
     from pathlib import Path
@@ -673,11 +754,13 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
     "archs": "Comma-separated targets (default 121,121a,120f,90).",
     "force_software": "Compile with TURBO_E2M1_FORCE_SOFTWARE.",
     "json": "Print JSON instead of the table.",
-})
+}, checks={"archs": opt.sm_targets})
 def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
                           force_software: bool = False, json: bool = False) -> None:
-    """Compile the E2M1 header for each target with nvcc and say whether the hardware
-    instruction is in the PTX and SASS (no GPU needed)."""
+    """Compile the E2M1 header per target with nvcc; report the instruction in PTX and SASS.
+
+    One compile per target in --archs; no GPU needed.
+    """
     import dataclasses
     import json as _json
 
@@ -718,7 +801,8 @@ _SERVICE_SERVE_HELP["set"] = ("key=value override of a profile setting, repeatab
     **_SERVICE_HELP, **_SERVICE_SERVE_HELP,
     "enable": "Also `systemctl enable --now` the unit.",
     "requires": "tp2-serve: the Ray head's unit name (default tp2-head; empty for none).",
-})
+}, allow_empty=["requires"], checks={**_SERVE_CHECKS, "name": opt.unit_name,
+                                     "requires": opt.unit_name, "unit_dir": opt.dir_target})
 def service_install(c: Context, profile: str = "vanilla", user: bool = False,
                     system: bool = False, name: str = "", unit_dir: str = "",
                     port: int = 0, model: str = "", host: str = "",
@@ -750,7 +834,8 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
     _guard(go)
 
 
-@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]})
+@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]},
+      checks={"unit_dir": opt.existing_dir})
 def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     """List vllm-turbo units (user and system) with systemd's active/enabled state."""
     import dataclasses
@@ -768,7 +853,7 @@ def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     "name": "Unit to remove: vllm-turbo-NAME.service (NAME as given to install).",
     "profile": "Same as --name (install's default name is the profile).",
     "purge": "Also remove its environment file (your secrets); kept by default.",
-})
+}, checks={"name": opt.unit_name, "profile": opt.unit_name, "unit_dir": opt.existing_dir})
 def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool = False,
                       system: bool = False, unit_dir: str = "", purge: bool = False,
                       dry_run: bool = False) -> None:

@@ -194,3 +194,26 @@ def test_chart_without_matplotlib_is_one_line(tmp_path: Path,
         bench.write(rep, tmp_path)
     assert "\n" not in exc.value.line()
     assert (tmp_path / "bench.json").is_file()  # the numbers are written before the chart
+
+
+def test_vllm_tool_stall_is_caught_from_the_servers_counter(tmp_path: Path) -> None:
+    # `vllm bench serve` stands for a tool waiting on a server that generates nothing: the
+    # server's vllm:generation_tokens_total does not move, so bench stops it with a stall.
+    said: list[str] = []
+    with running() as srv:
+        ep = ep_of(srv)
+        before = bench._scrape(ep)
+        t0 = time.monotonic()
+        with pytest.raises(endpoint.EndpointError) as exc:
+            bench.run_watched([sys.executable, "-c", "import time; time.sleep(60)"],
+                              tmp_path / "tool.log", ep, before, 1.5, 0.3, said.append)
+    assert time.monotonic() - t0 < 15
+    assert exc.value.kind == endpoint.STALLED and "tool.log" in exc.value.why
+    assert any("s" in line and "..." in line for line in said)
+
+
+def test_vllm_tool_exit_code_comes_back(tmp_path: Path) -> None:
+    with running() as srv:
+        rc = bench.run_watched([sys.executable, "-c", "print('done'); raise SystemExit(3)"],
+                               tmp_path / "tool.log", ep_of(srv), {}, 5.0, 1.0, print)
+    assert rc == 3 and "done" in (tmp_path / "tool.log").read_text()

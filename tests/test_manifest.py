@@ -99,6 +99,15 @@ def pin_mismatches(manifest: dict[str, Any]) -> list[str]:
     return [f"{k}: pixi.toml {a!r} != pins {b!r}" for k, (a, b) in pairs.items() if a != b]
 
 
+def test_requires_pixi_with_task_arg_choices() -> None:
+    """Task-arg `choices` (serve) exist since pixi 0.65: older ones reject the manifest."""
+    manifest = load_manifest()
+    assert manifest["workspace"]["requires-pixi"] == ">=0.65"
+    assert any("choices" in a for a in manifest["tasks"]["serve"]["args"])
+    first = (REPO / "pixi.toml").read_text().splitlines()[0]
+    assert "pixi run serve mtp" in first and "--profile" not in first
+
+
 def test_manifest_is_toml_1_0() -> None:
     manifest = load_manifest()
     assert manifest["workspace"]["platforms"] == ["linux-aarch64", "linux-64"]
@@ -150,6 +159,8 @@ def test_environments_for_cluster_and_dev() -> None:
 
 def test_activation_points_triton_at_cuda13_ptxas() -> None:
     env = load_manifest()["activation"]["env"]
+    # Triton 3.6 assembles GB10 (sm_12x) code with the Blackwell ptxas this variable names.
+    assert env["TRITON_PTXAS_BLACKWELL_PATH"] == "$CONDA_PREFIX/bin/ptxas"
     assert env["TRITON_PTXAS_PATH"] == "$CONDA_PREFIX/bin/ptxas"
-    assert env["CUDA_HOME"] == "$CONDA_PREFIX"
+    assert env["CUDA_HOME"] == "$CONDA_PREFIX/share/vllm-turbo/cuda"
     assert re.fullmatch(r"\d+\.\d+a", env["TORCH_CUDA_ARCH_LIST"])

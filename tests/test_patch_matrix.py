@@ -139,6 +139,7 @@ def test_torch_pins_and_arch_tables(cli_json: dict) -> None:
         assert after["FP4_ARCHS"] == "12.0f" and after["CUDA_ARCHS"] == "12.0"
 
 
+@pytest.mark.skipif(shutil.which("cpp") is None, reason="0003's intent check needs cpp")
 def test_intent_checks_turn_true_when_the_series_is_applied(cli_json: dict) -> None:
     """Red then green on the same release: each intent check is False on pristine 0.16.0 and
     True once the patch is applied, so "upstream (own fix)" on later releases means the
@@ -206,3 +207,45 @@ def test_bad_versions_are_one_clear_line() -> None:
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_moved_file_is_named_in_the_conflict(unpacked: dict[str, Path], tmp_path: Path) -> None:
+    """0.20.0 moved nvfp4_utils.cuh under csrc/libtorch_stable/; whoever refreshes 0003 is told
+    where it went (same move done here on the real 0.16.0 file)."""
+    src = unpacked["0.16.0"]
+    tree = tmp_path / "vllm-0.16.0"
+    old = "csrc/quantization/fp4/nvfp4_utils.cuh"
+    new = tree / "csrc/libtorch_stable/quantization/fp4/nvfp4_utils.cuh"
+    new.parent.mkdir(parents=True)
+    shutil.copy(src / old, new)
+    shutil.copy(src / "CMakeLists.txt", tree / "CMakeLists.txt")
+    shutil.copytree(src / "cmake", tree / "cmake")
+    patch = next(p for p in patching.load_series() if p.name.startswith("0003"))
+    cell = patch_matrix._cell(patch, "0.16.0", tree, patch_intent.TreeFacts(tree))
+    assert cell.state == "conflicts"
+    assert cell.conflict is not None
+    assert f"file {old}: No such file or directory" in cell.conflict
+    assert "csrc/libtorch_stable/quantization/fp4/nvfp4_utils.cuh" in cell.conflict
+
+
+def test_doc_is_written_only_where_allowed(archives: dict[str, Path], tmp_path: Path) -> None:
+    """--doc writes a new file, may rewrite its own, and refuses (before any work) to replace
+    a file it did not write."""
+    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple/",
+               TURBO_HOME=str(tmp_path / "home"))  # fmt: skip
+    foreign = tmp_path / "notes.md"
+    foreign.write_text("my notes\n")
+    argv = [sys.executable, "-m", "invoke", "patches.matrix", "--versions", "0.16.0", "--doc"]
+    refused = subprocess.run([*argv, str(foreign)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert refused.returncode == 1 and "was not written by patches.matrix" in refused.stderr
+    assert "[1/1]" not in refused.stderr, "it must refuse before evaluating"
+    assert foreign.read_text() == "my notes\n"
+    fresh = tmp_path / "out" / "matrix.md"
+    for _ in range(2):  # the second run rewrites its own file
+        ok = subprocess.run([*argv, str(fresh)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+    text = fresh.read_text()
+    assert text.startswith(patch_matrix_render.DOC_HEAD)
+    assert "| 0.16.0 | 2.9.1 / 2.9.1 | applies | applies | applies | n/a |" in text

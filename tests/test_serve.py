@@ -29,8 +29,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# An idle Spark's /proc/meminfo: the memory fit must not depend on what the test host has free.
+SPARK_MEMINFO = REPO / "tests" / "data" / "meminfo_spark"
+
+
 def probe() -> serve.Probe:
-    return serve.Probe(host=Host(which=lambda n: f"/opt/cuda/bin/{n}", env={}),
+    return serve.Probe(host=Host(which=lambda n: f"/opt/cuda/bin/{n}", env={},
+                                 meminfo_path=SPARK_MEMINFO),
                        gpu=lambda: "NVIDIA GB10")
 
 

@@ -246,7 +246,7 @@ def test_system_unit_needs_root(env: dict[str, str], tmp_path: Path) -> None:
     service.install(req, dry_run=True, environ=real, euid=1000, systemctl=no_systemctl,
                     out=lines.append)
     text = "\n".join(lines)
-    assert "/etc/systemd/system/vllm-turbo-vanilla.service (would write)" in text
+    assert "/etc/systemd/system/vllm-turbo-vanilla.service (would write; needs root)" in text
     assert "User=" in text and "WantedBy=multi-user.target" in text
 
 
@@ -306,7 +306,10 @@ def test_status_and_doctor_row(env: dict[str, str]) -> None:
     _, status, _, fix = service.doctor_row(env, fake_systemctl("failed")) or ("", "", "", "")
     assert status == "fail" and "journalctl --user -u vllm-turbo-mtp.service" in fix
     assert service.doctor_row(env, fake_systemctl("activating"))[1] == "warn"  # type: ignore[index]
-    assert [c.name for c in doctor.check_service()] == ["service"]
+    row = doctor.check_service()
+    assert [(c.name, c.status) for c in row] == [("service", "pass")]
+    assert row[0].detail == ("vllm-turbo-mtp.service (user): installed at "
+                             f"{units_dir() / 'vllm-turbo-mtp.service'} (no systemctl to ask)")
     r = cli(env, "service.status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["profile"] == "mtp"
 

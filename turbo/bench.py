@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from turbo import endpoint
+from turbo import endpoint, limit, roofline
 from turbo.console import render_table
 from turbo.errors import TurboError, UsageError
 from turbo.verify import acceptance
@@ -85,6 +86,13 @@ class Cell:
     aggregate_tok_s: float = 0.0
     acceptance: float | None = None
     mean_accepted_len: float | None = None
+    # Drafts per step (vLLM's draft tokens / drafts), for the MTP roofline.
+    draft_len: float | None = None
+    # The memory-bandwidth limit at this cell (turbo/limit.py): total tok/s over its streams.
+    context: int = 0
+    roofline_tok_s: float | None = None
+    mtp_roofline_tok_s: float | None = None
+    roofline_share: float | None = None
 
 
 @dataclass
@@ -105,6 +113,9 @@ class Report:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     # How the builtin tool's prompts were sized: "exact (/tokenize)" or an estimate.
     prompt_sizing: str = ""
+    # The roofline's computation (turbo/roofline.py) at the first cell's context, or why not.
+    roofline: dict[str, Any] | None = None
+    roofline_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,6 +277,34 @@ def _spec(cell: Cell, before: dict[str, float], after: dict[str, float]) -> None
         "vllm:spec_decode_num_accepted_tokens_total", 0
     )
     cell.mean_accepted_len = 1 + accepted / drafts if drafts > 0 else None
+    draft_tokens = after.get("vllm:spec_decode_num_draft_tokens_total", 0) - before.get(
+        "vllm:spec_decode_num_draft_tokens_total", 0
+    )
+    cell.draft_len = draft_tokens / drafts if drafts > 0 else None
+
+
+def _limit(cell: Cell, lim: limit.Limit | None) -> None:
+    """The cell's share of the roofline: per-stream decode for one stream, the total over
+    streams for several; with MTP, against the roofline MTP raises."""
+    cl = (
+        limit.for_cell(
+            lim,
+            cell.prompt_len,
+            cell.output_len,
+            cell.concurrency,
+            cell.mean_accepted_len,
+            cell.draft_len,
+        )
+        if lim
+        else None
+    )
+    if cl is None:
+        return
+    cell.context = cl.context
+    cell.roofline_tok_s = cl.roofline_tok_s
+    cell.mtp_roofline_tok_s = cl.mtp_roofline_tok_s
+    measured = cell.decode_tok_s if cell.concurrency == 1 else cell.aggregate_tok_s
+    cell.roofline_share = measured / cl.applicable if cl.applicable > 0 else None
 
 
 def run_builtin_cell(
@@ -532,6 +571,8 @@ def run(
     timeout: float = 120.0,
     out: Out = print,
     every: float = 10.0,
+    lim: limit.Limit | None = None,
+    limit_note: str = "",
 ) -> Report:
     """``timeout``: the longest silence allowed from the server (a stall), not a cell's
     length; ``out`` gets progress every ``every`` s while a cell runs."""
@@ -599,11 +640,24 @@ def run(
             meter = Meter()
             with endpoint.heartbeat(out, every, meter.line):
                 cell = run_builtin_cell(ep, served_name, p, o, c, repeats, timeout, prompts, meter)
+        _limit(cell, lim)
         acc = f", acceptance {cell.acceptance:.0%}" if cell.acceptance is not None else ""
-        out(f"      TTFT {cell.ttft_ms:.0f} ms, decode {cell.decode_tok_s:.1f} tok/s{acc}")
+        share = (
+            f", {cell.roofline_share:.0%} of the {_roof(cell):.0f} tok/s roofline"
+            if cell.roofline_share is not None
+            else ""
+        )
+        out(f"      TTFT {cell.ttft_ms:.0f} ms, decode {cell.decode_tok_s:.1f} tok/s{acc}{share}")
         report.cells.append(cell)
     report.prompt_sizing = prompts.sizing()
+    if lim is not None:
+        report.roofline = limit.describe(lim, limit.cell_context(*cells[0][:2]))
+    report.roofline_note = limit_note
     return report
+
+
+def _roof(c: Cell) -> float:
+    return c.mtp_roofline_tok_s or c.roofline_tok_s or 0.0
 
 
 def markdown(report: Report) -> str:
@@ -615,17 +669,21 @@ def markdown(report: Report) -> str:
         f"repeats; {report.started}.",
         "",
         "| prompt | output | concurrency | TTFT ms | decode tok/s (per stream) | "
-        "total tok/s | MTP acceptance | mean accepted length |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "total tok/s | MTP acceptance | tokens per pass (mean accepted length) | roofline tok/s | "
+        "MTP roofline tok/s | share of roofline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report.cells:
         acc = f"{c.acceptance:.0%}" if c.acceptance is not None else "-"
         mal = f"{c.mean_accepted_len:.2f}" if c.mean_accepted_len is not None else "-"
         lines.append(
             f"| {c.prompt_len} | {c.output_len} | {c.concurrency} | {c.ttft_ms:.0f} "
-            f"| {c.decode_tok_s:.1f} | {c.aggregate_tok_s:.1f} | {acc} | {mal} |"
+            f"| {c.decode_tok_s:.1f} | {c.aggregate_tok_s:.1f} | {acc} | {mal} "
+            f"| {_opt(c.roofline_tok_s)} | {_opt(c.mtp_roofline_tok_s)} "
+            f"| {_pct(c.roofline_share)} |"
         )
     lines += _notes(report)
+    lines += _roofline_md(report)
     lines += [
         "",
         "Seed figures (one DGX Spark, single-stream decode):",
@@ -635,6 +693,53 @@ def markdown(report: Report) -> str:
     ]
     lines += [f"| {k} | {v:g} |" for k, v in report.seed.items()]
     return "\n".join(lines) + "\n"
+
+
+def _opt(x: float | None) -> str:
+    return f"{x:.1f}" if x is not None else "-"
+
+
+def _pct(x: float | None) -> str:
+    return f"{x:.0%}" if x is not None else "-"
+
+
+def _roofline_md(report: Report) -> list[str]:
+    """How the roofline was computed: bytes per token by component, both bandwidths."""
+    r = report.roofline
+    if r is None:
+        note = report.roofline_note or "not computed"
+        return ["", f"Roofline: {note}."]
+    bw = r["bandwidth"]
+    lines = [
+        "",
+        "## Roofline",
+        "",
+        f"Single-stream decode reads every weight a token touches once per token: the roofline "
+        f"is bandwidth / bytes per token. {r['model']} ({r['quantisation']}, KV cache "
+        f"{r['kv_dtype']}), at {r['context']} tokens of context: "
+        f"**{roofline.size(r['bytes_per_token'])} per token**; each cell uses its own context "
+        "(prompt + half the output); several streams share one pass over the weights.",
+        "",
+        "| component | counted | per token |",
+        "|---|---|---:|",
+    ]
+    lines += [
+        f"| {c['component']} | {c['counted']} | {roofline.size(c['bytes_per_token'])} |"
+        for c in r["components"]
+    ]
+    stated = f"{roofline.gbs(bw['spec_gbs'])} ({bw['gpu']})" if bw["spec_gbs"] else "unknown"
+    measured = (
+        f"{roofline.gbs(bw['measured_gbs'])} ({bw['measured_how']})"
+        if bw["measured_gbs"]
+        else f"none ({bw['measured_how']})"
+    )
+    lines += [
+        "",
+        f"Bandwidth: stated {stated}; measured {measured}; the roofline uses "
+        f"{roofline.gbs(bw['used_gbs'])} ({bw['used']}).",
+    ]
+    lines += [f"- {n}" for n in r["notes"]]
+    return lines
 
 
 def _notes(report: Report) -> list[str]:
@@ -680,6 +785,7 @@ def chart(report: Report, path: Path) -> Path:
     ]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(single) + 3), 4.5))
     ax.bar(labels, [c.decode_tok_s for c in single], color="#4c72b0", label="measured")
+    _draw_roofline(ax, single)
     styles = ["--", "-.", ":"]
     for i, (name, value) in enumerate(report.seed.items()):
         ax.axhline(value, color="grey", linestyle=styles[i % 3], linewidth=1)
@@ -705,6 +811,32 @@ def chart(report: Report, path: Path) -> Path:
     return path
 
 
+def _draw_roofline(ax: Any, cells: Sequence[Cell]) -> None:
+    """Each bar's roofline as a bar-wide line (cells differ in context), labelled with the
+    measured share of it; MTP's raised roofline dashed."""
+    drawn = False
+    for x, c in enumerate(cells):
+        if c.roofline_tok_s is None:
+            continue
+        label = "memory-bandwidth roofline" if not drawn else None
+        ax.hlines(c.roofline_tok_s, x - 0.45, x + 0.45, colors="#c44e52", linewidth=2, label=label)
+        if c.mtp_roofline_tok_s:
+            ax.hlines(
+                c.mtp_roofline_tok_s,
+                x - 0.45,
+                x + 0.45,
+                colors="#c44e52",
+                linestyles="--",
+                linewidth=1.5,
+                label="roofline with MTP (measured acceptance)" if not drawn else None,
+            )
+        if c.roofline_share is not None:
+            ax.text(x, c.decode_tok_s, f"{c.roofline_share:.0%}", ha="center", va="bottom")
+        drawn = True
+    if drawn:
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+
+
 def write(report: Report, out_dir: Path, with_chart: bool = True) -> dict[str, Path]:
     """The JSON and Markdown first: a chart that cannot be drawn never costs the numbers."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -726,6 +858,8 @@ def render(report: Report) -> str:
             f"{c.decode_tok_s:.1f}",
             f"{c.aggregate_tok_s:.1f}",
             f"{c.acceptance:.0%}" if c.acceptance is not None else "-",
+            _opt(c.mtp_roofline_tok_s or c.roofline_tok_s),
+            _pct(c.roofline_share),
         )
         for c in report.cells
     ]
@@ -735,11 +869,35 @@ def render(report: Report) -> str:
     return (
         head
         + render_table(
-            ["prompt", "output", "conc", "TTFT ms", "decode tok/s", "total tok/s", "MTP accept"],
+            [
+                "prompt",
+                "output",
+                "conc",
+                "TTFT ms",
+                "decode tok/s",
+                "total tok/s",
+                "MTP accept",
+                "roofline",
+                "share",
+            ],
             rows,
         )
         + (f"\n{notes}" if notes else "")
+        + _roofline_line(report)
         + f"\n\nseed (tok/s, single stream): {seed}"
+    )
+
+
+def _roofline_line(report: Report) -> str:
+    r = report.roofline
+    if r is None:
+        return f"\nroofline: {report.roofline_note}" if report.roofline_note else ""
+    bw = r["bandwidth"]
+    measured = roofline.gbs(bw["measured_gbs"]) if bw["measured_gbs"] else "not measured"
+    return (
+        f"\nroofline: {roofline.size(r['bytes_per_token'])} per token at {r['context']} tokens "
+        f"of context, at {roofline.gbs(bw['used_gbs'])} ({bw['used']}; measured {measured}); "
+        "per cell at its own context (bench.md has the table)"
     )
 
 
@@ -772,6 +930,8 @@ def command(
     as_json: bool,
     printer: Out = print,
     timeout: float = 120.0,
+    bandwidth_gbs: float = 0.0,
+    kv_dtype: str = "",
 ) -> str:
     """What `invoke bench` does after parsing: run the grid, write the files, summarise."""
     from turbo import paths
@@ -782,10 +942,14 @@ def command(
     sec = load_book().section("bench")
     ep = endpoint.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    model = model or str(paths.model_dir(pins))
+    # The copy is measured only on the serving machine: a remote server's GPU is not this one.
+    local = urlsplit(ep.base).hostname in endpoint.LOOPBACK
+    lim, limit_note = limit.load(model, bandwidth_gbs or None, kv_dtype, measure=local)
     report = run(
         ep,
         served_name or pins.serve.served_name,
-        model=model or str(paths.model_dir(pins)),
+        model=model,
         prompt_lens=_ints(prompt_lens, sec.get("prompt_lens", [128]), "prompt-lens"),
         output_lens=_ints(output_lens, sec.get("output_lens", [128]), "output-lens"),
         concurrency=_ints(concurrency, [1], "concurrency"),
@@ -795,6 +959,8 @@ def command(
         work=out_dir / "raw",
         timeout=timeout,
         out=printer,
+        lim=lim,
+        limit_note=limit_note,
     )
     files = write(report, out_dir, with_chart=chart)
     if as_json:

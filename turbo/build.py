@@ -131,6 +131,10 @@ class BuildOptions:
     nvcc_threads: int | None = None
     overrides: Mapping[str, str] = field(default_factory=dict)
     runtime_deps: bool = True
+    # Install vLLM's requirements with pip (the pre-pixi way). None: only outside a pixi
+    # environment; inside one, pixi.toml declares them and the build only checks (pixi puts
+    # its own versions back over whatever pip changes).
+    pip_deps: bool | None = None
     force: bool = False
     verbose: bool = False
     # Which ref's patches to apply (default: the tree's own commit or version). For a fork or
@@ -327,39 +331,59 @@ def make_plan(
             src_dir,
             note="strips vLLM's torch pins from requirements/ and pyproject.toml",
         ),
-        Step(
-            "install build requirements",
-            [
-                py,
-                "-m",
-                "pip",
-                "install",
-                "-r",
-                str(bdir / "build-requirements.txt"),
-                "-c",
-                str(bdir / "constraints.txt"),
-            ],
-            src_dir,
-            note=f"requirements/build.txt minus the tools the environment provides; the "
-            f"constraint holds torch at {tc.torch or pins.toolchain.torch}",
-        ),
     ]
-    if opts.runtime_deps:
-        req = "cuda.txt" if opts.target == "cuda" else "common.txt"
+    in_pixi = bool(h.env.get("PIXI_ENVIRONMENT_NAME"))
+    use_pip = opts.pip_deps if opts.pip_deps is not None else not in_pixi
+    runtime_file = "cuda.txt" if opts.target == "cuda" else "common.txt"
+    if use_pip:
         steps.append(
             Step(
-                "install runtime requirements",
+                "install build requirements",
                 [
                     py,
                     "-m",
                     "pip",
                     "install",
                     "-r",
-                    f"requirements/{req}",
+                    str(bdir / "build-requirements.txt"),
                     "-c",
                     str(bdir / "constraints.txt"),
                 ],
                 src_dir,
+                note=f"requirements/build.txt minus the tools the environment provides; the "
+                f"constraint holds torch at {tc.torch or pins.toolchain.torch}",
+            )
+        )
+        if opts.runtime_deps:
+            steps.append(
+                Step(
+                    "install runtime requirements",
+                    [
+                        py,
+                        "-m",
+                        "pip",
+                        "install",
+                        "-r",
+                        f"requirements/{runtime_file}",
+                        "-c",
+                        str(bdir / "constraints.txt"),
+                    ],
+                    src_dir,
+                )
+            )
+    else:
+        files = ["requirements/build.txt"]
+        if opts.runtime_deps:
+            files.insert(0, f"requirements/{runtime_file}")
+        steps.append(
+            Step(
+                "check requirements",
+                None,
+                src_dir,
+                note=f"{' + '.join(files)} of the tree against pixi.toml's declared "
+                "[pypi-dependencies] and the installed versions; no network, nothing installed "
+                "(any difference stops here; --pip-deps installs them with pip instead)",
+                commands=[],
             )
         )
     steps.append(
@@ -687,6 +711,40 @@ def _write_requirements(plan: BuildPlan) -> None:
     cfg.write_text(f"[build_ext]\nbuild_temp = {cmake_dir}\n")
 
 
+def check_requirements(plan: BuildPlan, log: TaskLog, echo: Echo) -> dict[str, Any]:
+    """The tree's own requirement files against pixi.toml's declaration and the installed set;
+    any difference stops the build with one line naming each package."""
+    from turbo import activation
+    from turbo import vllm_requirements as vr
+
+    files = list(vr.BUILD_FILES)
+    if plan.options.runtime_deps:
+        files.insert(0, f"requirements/{'cuda' if plan.options.target == 'cuda' else 'common'}.txt")
+    reqs = vr.tree_requirements(plan.src_dir, files)
+    environment = os.environ.get("PIXI_ENVIRONMENT_NAME") or "default"
+    declared = vr.declared(activation.load_manifest(), environment)
+    installed = vr.probe_installed(plan.options.python)
+    platform = vr.current_platform(plan.toolchain.machine or os.uname().machine)
+    diffs = vr.differences(
+        reqs,
+        platform,
+        declared_specs=declared,
+        installed=installed.versions,
+        requires_of=installed.requires_of,
+    )
+    summary = {"files": files, "checked": len(reqs), "differences": [d.text() for d in diffs]}
+    log.write(json.dumps(summary))
+    if diffs:
+        raise TurboError(
+            "vLLM's requirements vs pixi.toml",
+            vr.one_line(diffs),
+            "Declare them in pixi.toml's [pypi-dependencies] and run `pixi install`, or re-run "
+            "with --pip-deps to let pip install them (pixi puts its versions back later).",
+        )
+    echo(f"  {len(reqs)} requirements of {', '.join(files)}: all declared and installed")
+    return summary
+
+
 def cubin_targets(cuobjdump: str, so_files: list[Path]) -> dict[str, list[str]]:
     """sm_* targets of the cubins in each shared object (``cuobjdump --list-elf``)."""
     out: dict[str, list[str]] = {}
@@ -809,6 +867,9 @@ def _execute(plan: BuildPlan, pins: Pins, t0: float, echo: Echo) -> BuildResult:
             elif step.name == "install build requirements":
                 _write_requirements(plan)
                 run_step(step, log, echo, verbose=plan.options.verbose)
+            elif step.name == "check requirements":
+                _write_requirements(plan)
+                record["requirements"] = check_requirements(plan, log, echo)
             elif step.name == "list cubin targets":
                 so_files = sorted((plan.src_dir / "vllm").rglob("*.so"))
                 cubins = cubin_targets(plan.toolchain.cuobjdump or "cuobjdump", so_files)

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TextIO
 
 from turbo import paths
+from turbo.errors import TurboError
 
 # Environment variables whose values are secrets wherever they appear.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_API_KEY")
@@ -138,9 +139,18 @@ class TaskLog:
     def __init__(self, task: str, directory: Path | None = None) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.dir = directory or paths.log_dir()
-        private_dir(self.dir)
         self.path = self.dir / f"{task}-{stamp}-{os.getpid()}.log"
-        self._fh = open_private(self.path)
+        try:
+            private_dir(self.dir)
+            self._fh = open_private(self.path)
+        except OSError as exc:
+            # A log directory owned by another user, or a read-only TURBO_HOME.
+            raise TurboError(
+                f"log file {self.path}",
+                f"cannot be written ({exc.strerror or exc})",
+                "Fix the directory's owner or permissions, or set TURBO_HOME to a directory "
+                "you own.",
+            ) from exc
 
     def write(self, line: str) -> None:
         self._fh.write(f"{time.strftime('%H:%M:%S')} {redact(line.rstrip())}\n")

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from turbo import paths
 from turbo.console import render_table
+from turbo.errors import TurboError
 from turbo.pins import Pins
+from turbo.profiles import env_port
 from turbo.stamp import read_stamp
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -383,6 +385,35 @@ def check_port(host: Host, bind: str, port: int) -> Check:
     )
 
 
+def check_writable(name: str, path: Path, fix: str) -> Check:
+    """A location the product writes: TURBO_HOME, its logs, the model directory."""
+    why = paths.unwritable_reason(path)
+    if why is None:
+        return Check(name, PASS, f"{path} is writable")
+    return Check(name, FAIL, why, fix)
+
+
+def check_locations(pins: Pins, model_complete: bool) -> list[Check]:
+    home_fix = "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`)."
+    checks = [
+        check_writable("state dir", paths.state_dir(), home_fix),
+        check_writable("log dir", paths.log_dir(), home_fix),
+    ]
+    model = paths.model_dir(pins)
+    if model_complete:
+        checks.append(Check("model dir", PASS, f"{model} is complete (read access suffices)"))
+    else:
+        checks.append(
+            check_writable(
+                "model dir",
+                model,
+                "Set MODEL (or pass fetch-model --dest) to a directory you can write, e.g. "
+                "~/models/qwen3-next; or create it as root and chown it to yourself.",
+            )
+        )
+    return checks
+
+
 def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     """All checks, in the order a DGX Spark owner would fix them."""
     h = host or Host()
@@ -390,7 +421,10 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     stamp = read_stamp()
     model = paths.model_dir(pins)
     model_ok = (model / MODEL_MANIFEST).exists()
-    port = int(h.env.get("PORT") or pins.serve.port)
+    try:
+        port_check = check_port(h, pins.serve.host, env_port(h.env, pins.serve.port))
+    except TurboError as err:
+        port_check = Check("serve port", FAIL, f"{err.what} {err.why}", err.fix)
     checks = [check_cpu(h), check_gpu(h, smi), check_driver(smi, pins)]
     checks += check_cuda(h, pins)
     checks += [
@@ -404,10 +438,11 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
             stamp is not None and stamp.get("result") == "ok",
         ),
         check_disk(h, "disk (model)", model, pins.model.size_gb, model_ok),
+        *check_locations(pins, model_ok),
         check_pixi(h),
         check_vllm_built(stamp),
         check_model(model),
-        check_port(h, pins.serve.host, port),
+        port_check,
     ]
     checks += check_service()
     return checks

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from turbo.errors import TurboError, UsageError
+from turbo.errors import TurboError
 
 # A wildcard bind is reached through loopback from this machine.
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -388,11 +388,6 @@ def client_endpoint(url: str, port: int | None) -> Endpoint:
     pins = load_pins()
     if port:
         return endpoint_for(pins.serve.host, port)
-    env_port = os.environ.get("PORT", "").strip()
-    if env_port and not (env_port.isdigit() and 0 < int(env_port) < 65536):
-        raise UsageError(
-            f"PORT={env_port!r}",
-            "is not a port number (1-65535)",
-            "Unset PORT or set it to the server's port, or pass --port/--url.",
-        )
-    return endpoint_for(pins.serve.host, int(env_port) if env_port else pins.serve.port)
+    from turbo.profiles import env_port
+
+    return endpoint_for(pins.serve.host, env_port(os.environ, pins.serve.port))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo import paths
+from turbo import activation, paths
 from turbo.errors import TurboError, UsageError
 
 KERNELS_DIR = paths.repo_root() / "kernels"
@@ -96,18 +96,30 @@ def cutlass_include() -> Path:
 
 
 def cuda_include() -> Path:
-    """CUDA's include directory for the nvcc in use (CUTLASS host code needs it)."""
-    candidates = [Path(nvcc()).resolve().parent.parent / "include", Path("/usr/local/cuda/include")]
-    if os.environ.get("CUDA_HOME"):
-        candidates.insert(0, Path(os.environ["CUDA_HOME"]) / "include")
-    for inc in candidates:
-        if (inc / "cuda_runtime.h").is_file():
-            return inc
-    raise TurboError(
-        "CUDA headers",
-        "cuda_runtime.h not found next to nvcc",
-        "Set CUDA_HOME to the CUDA 13.0 toolkit.",
-    )
+    """CUDA's include directory for the nvcc in use (CUTLASS host code needs it).
+
+    Looks in $CUDA_HOME, the toolkit around nvcc, $CONDA_PREFIX and /usr/local/cuda, each in
+    the standard layout (``include/``) and in conda-forge's (``targets/<triple>/include``, the
+    only place conda-forge's CUDA packages put headers).
+    """
+    homes = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            homes.append(Path(os.environ[var]))
+    tool = Path(nvcc())
+    homes += [tool.parent.parent, tool.resolve().parent.parent]
+    if os.environ.get("CONDA_PREFIX"):
+        homes.append(Path(os.environ["CONDA_PREFIX"]))
+    homes.append(Path("/usr/local/cuda"))
+    found = activation.find_cuda_include(homes)
+    if found is None:
+        raise TurboError(
+            "CUDA headers",
+            "cuda_runtime.h is neither in include/ nor in targets/<triple>/include of "
+            + ", ".join(dict.fromkeys(str(h) for h in homes)),
+            "Set CUDA_HOME to the CUDA 13.0 toolkit (inside pixi it is set for you).",
+        )
+    return found
 
 
 def gencode(arch: str) -> list[str]:

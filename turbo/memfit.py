@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turbo.errors import TurboError
+
 GB = 1e9
 # Bytes per KV element by --kv-cache-dtype; "auto" means the model's bf16.
 _KV_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "auto": 2, "bfloat16": 2, "float16": 2}
@@ -62,14 +64,41 @@ class ModelShape:
 
 
 def load_shape(model_dir: Path, fallback: Mapping[str, Any]) -> tuple[ModelShape, str]:
-    """The shape from the model's config.json when present, else the data file's copy."""
+    """The shape from the model's config.json when present, else the data file's copy.
+
+    A config.json that is there but unusable (not JSON, not an object, a shape field that is
+    not a positive whole number) is refused in one line: vLLM could not load that model
+    either, and a zero would divide the estimate by zero."""
     names = ModelShape.__dataclass_fields__
+    cfg_path = model_dir / "config.json"
     try:
-        cfg = json.loads((model_dir / "config.json").read_text())
-        cfg = cfg.get("text_config", cfg)
-        return ModelShape(**{k: int(cfg[k]) for k in names}), f"{model_dir}/config.json"
-    except (OSError, ValueError, KeyError, TypeError):
+        text = cfg_path.read_text(encoding="utf-8")
+    except OSError:
         return ModelShape(**{k: int(fallback[k]) for k in names}), "profiles.toml [model_shape]"
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        raise _bad_config(cfg_path, f"is not JSON ({exc})") from exc
+    if isinstance(cfg, dict) and isinstance(cfg.get("text_config"), dict):
+        cfg = cfg["text_config"]
+    if not isinstance(cfg, dict):
+        raise _bad_config(cfg_path, f"holds a JSON {type(cfg).__name__}, not an object")
+    if not all(k in cfg for k in names):
+        # Another architecture: its shape is not ours to guess; use the pinned model's.
+        return ModelShape(**{k: int(fallback[k]) for k in names}), "profiles.toml [model_shape]"
+    for k in names:
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _bad_config(cfg_path, f"has {k} = {v!r}; it must be a whole number of 1 or more")
+    return ModelShape(**{k: int(cfg[k]) for k in names}), str(cfg_path)
+
+
+def _bad_config(path: Path, why: str) -> TurboError:
+    return TurboError(
+        f"model config {path}",
+        why,
+        "Re-fetch it with `invoke fetch-model --verify`, or pass --model with a good copy.",
+    )
 
 
 @dataclass(frozen=True)

@@ -1207,6 +1207,15 @@ def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
     from turbo.console import TaskLog
 
     req = build_request(pins, **options)
+    # Known before any download: a model dir this user cannot create (no /data as a normal
+    # user, a read-only mount). --dry-run lists it as a problem; a real run stops here.
+    unwritable = None if req.offline else paths.unwritable_reason(req.dest)
+    where_fix = (
+        "Pass --dest (or set MODEL) to a directory you can write, e.g. ~/models/qwen3-next; "
+        "or create it as root and chown it to yourself."
+    )
+    if unwritable and not req.dry_run:
+        raise TurboError(f"fetch-model into {req.dest}", unwritable, where_fix)
     with TaskLog("fetch-model") as tlog:
         try:
             result = fetch_model(req, log=tlog.write)
@@ -1216,6 +1225,8 @@ def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
             result = dry_run_without_hub(req, pins, err)
         if not req.dry_run:
             result.notes.append(f"log {tlog.path}")
+        elif unwritable:
+            result.problems.append(f"would fail: {unwritable}. {where_fix}")
         tlog.write(render(result))
     if as_json:
         return redact(json.dumps(result.to_json(), indent=2, default=str))

@@ -187,15 +187,22 @@ def arch_summary(report: cuda_archs.ArchReport) -> dict[str, str]:
     return out
 
 
-def _conflict(patch: patching.Patch, output: str) -> str:
+def _conflict(patch: patching.Patch, output: str, root: Path) -> str:
     text = patching._describe_failure(patch, output)
-    return text.removeprefix(f"patch {patch.name}, ").removesuffix(" does not apply")
+    text = text.removeprefix(f"patch {patch.name}, ").removesuffix(" does not apply")
+    m = re.match(r"file (.+): No such file or directory$", text)
+    if m:  # a moved file is the usual reason; name where a file of that name lives now
+        name = Path(m.group(1)).name
+        moved = sorted(str(f.relative_to(root)) for f in root.rglob(name) if f.is_file())
+        if moved:
+            text += f" (a {name} is at {', '.join(moved)})"
+    return text
 
 
 def _cell(patch: patching.Patch, version: str, root: Path, facts: patch_intent.TreeFacts) -> Cell:
     forward, out = git_apply_check(root, patch.path)
     reverse = False if forward else git_apply_check(root, patch.path, reverse=True)[0]
-    conflict = None if forward else _conflict(patch, out)
+    conflict = None if forward else _conflict(patch, out, root)
     intent = patch_intent.check_intent(patch.name, facts)
     held = intent.held if intent else None
     idetail = intent.detail if intent else "no intent check defined"

@@ -20,9 +20,9 @@ def _split(versions: str) -> list[str]:
     return [v.strip() for v in versions.split(",") if v.strip()]
 
 
-def write_doc(path: Path, text: str) -> None:
-    """Write the report atomically; refuse to replace a file this task did not write."""
-    if path.exists():
+def check_doc_target(path: Path) -> None:
+    """Refuse, before any work, to replace a file this task did not write."""
+    if path.is_file():
         head = path.read_text(encoding="utf-8", errors="replace")[
             : len(patch_matrix_render.DOC_HEAD)
         ]
@@ -32,6 +32,11 @@ def write_doc(path: Path, text: str) -> None:
                 "the file exists and was not written by patches.matrix",
                 "Name a new file or the generated docs/patch-matrix.md.",
             )
+
+
+def write_doc(path: Path, text: str) -> None:
+    """Write the report atomically (temporary file beside it, then rename)."""
+    check_doc_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -41,6 +46,8 @@ def write_doc(path: Path, text: str) -> None:
 def run(*, versions: str, every: bool, as_json: bool, doc: str, dry_run: bool) -> None:
     if versions and every:
         raise UsageError("patches.matrix", "--versions and --all exclude each other", "Pick one.")
+    if doc:
+        check_doc_target(Path(doc))
     with TaskLog("patches-matrix") as log:
 
         def say(line: str) -> None:

@@ -64,10 +64,19 @@ def _fp4(archs: dict[str, str]) -> str:
     return ", ".join(got) or "none"
 
 
+def _after(row: Row) -> str:
+    """The Marlin columns with the series applied, or why they are not shown."""
+    if row.archs_patched is None:
+        return "nothing applies"
+    if row.archs_patched == row.archs:
+        return "same"
+    return _marlin(row.archs_patched)
+
+
 def arch_row(row: Row) -> str:
     if row.error and not row.archs:
         return f"| {row.version} | error: {row.error} | | | |"
-    after = _marlin(row.archs_patched) if row.archs_patched != row.archs else "same"
+    after = _after(row)
     return (
         f"| {row.version} | {row.archs.get('CUDA_ARCHS', '-')} | {_marlin(row.archs)} "
         f"| {_fp4(row.archs)} | {after} |"
@@ -139,7 +148,7 @@ def reading(matrix: Matrix) -> list[str]:
         elif since:
             verdict = f"**no longer needed from {since}**"
         else:
-            verdict = "**still needed on the newest release**"
+            verdict = f"**still needed on {matrix.rows[-1].version}**, the newest release here"
         out.append(f"- **{_num(name)}** ({info['subject']}): {verdict}. By release: {runs}.")
     conflicts = sorted(
         {
@@ -203,7 +212,7 @@ def render_text(matrix: Matrix) -> str:
     rows = []
     for r in matrix.rows:
         build, runtime = _torch(r)
-        after = _marlin(r.archs_patched) if r.archs_patched not in (None, r.archs) else "same"
+        after = _after(r)
         rows.append(
             [r.version, f"{build}/{runtime}",
              *(SHORT.get(r.patches[n].state, "?") if n in r.patches else "-" for n in names),
@@ -254,7 +263,11 @@ def render_markdown(matrix: Matrix) -> str:
         "",
         "Intent checks (`turbo/patch_intent.py`), each run on the release's own code:",
         "",
-        *(f"- {_num(s['name'])}: {s['intent_check']}" for s in matrix.series if s["intent_check"]),
+        *(
+            f"- {_num(s['name'])}: {str(s['intent_check']).removeprefix(_num(s['name']) + ': ')}"
+            for s in matrix.series
+            if s["intent_check"]
+        ),
         "",
         f"## GB10 arch table (TORCH_CUDA_ARCH_LIST={matrix.arch_list}, CUDA {matrix.cuda_version})",
         "",
@@ -263,7 +276,8 @@ def render_markdown(matrix: Matrix) -> str:
         "MARLIN_ARCHS / MARLIN_BF16_ARCHS / MARLIN_MOE_ARCHS / MARLIN_OTHER_ARCHS (the "
         "repack and helper sources). `+PTX` alone means GB10 JIT-compiles older PTX; `12.0`, "
         "`12.0f` and `12.1a` are native sm_12x code. *With the series* is the Marlin columns "
-        "again after applying every patch that applies (`same` when none changes them).",
+        "again after applying every patch that applies (`same`: those patches change no arch "
+        "list; `nothing applies`: no patch of the series applies to that release).",
         "",
         "| release | CUDA_ARCHS | Marlin | NVFP4 (FP4 lists) | with the series |",
         "|---|---|---|---|---|",

@@ -56,3 +56,33 @@ def nearest_existing(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why this user cannot create or write ``path``, or None when it can.
+
+    The path itself when it exists, else its nearest existing parent, decides: so a model
+    directory under ``/data`` that a normal user cannot create is known before any download,
+    build or server start (and ``--dry-run`` and ``doctor`` can say so)."""
+    p = path.expanduser().absolute()
+    base = nearest_existing(p)
+    if base != p and not base.is_dir():
+        return f"{base} is a file, so {p} cannot be created"
+    if not os.access(base, os.W_OK) or (base.is_dir() and not os.access(base, os.X_OK)):
+        who = "this user" if os.geteuid() != 0 else "root (read-only file system?)"
+        if base == p:
+            return f"{p} is not writable by {who}"
+        return f"{p} cannot be created: {base} is not writable by {who}"
+    return None
+
+
+HOME_FIX = "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`)."
+
+
+def require_writable(what: str, path: Path, fix: str = HOME_FIX) -> None:
+    """One line (TurboError) when ``path`` cannot be written: before work starts, dry runs too."""
+    why = unwritable_reason(path)
+    if why:
+        from turbo.errors import TurboError
+
+        raise TurboError(what, why, fix)

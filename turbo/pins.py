@@ -6,8 +6,8 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
+from turbo import schema
 from turbo.errors import TurboError
 
 PINS_RESOURCE = "pins.toml"
@@ -77,41 +77,61 @@ def pins_path() -> Path:
     return Path(str(resources.files("turbo.data").joinpath(PINS_RESOURCE)))
 
 
-def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    value = raw.get(name)
-    if not isinstance(value, dict):
-        raise TurboError(
-            f"pins file {source}",
-            f"section [{name}] is missing",
-            "Restore turbo/data/pins.toml from git.",
-        )
-    return value
+_FIX = "Fix it, or restore turbo/data/pins.toml from git."
+_HEX40 = schema.matches(r"[0-9a-f]{40}", "a full 40-hex commit hash")
+_SHA256 = schema.matches(r"[0-9a-f]{64}", "a sha256 (64 hex digits)")
+_NONEMPTY = schema.matches(r"\S.*", "non-empty text")
+
+# The file's schema comes from the dataclasses it fills (one source for both), plus ranges.
+SCHEMA = schema.Table(
+    {
+        "vllm": schema.from_dataclass(
+            VllmPin, {"commit": _HEX40, "sdist_sha256": _SHA256, "repo": _NONEMPTY}
+        ),
+        "toolchain": schema.from_dataclass(
+            ToolchainPin,
+            {"arch_list": schema.matches(r"[0-9.;+ afPTX]+", "a CUDA arch list like 12.1a")},
+        ),
+        "model": schema.from_dataclass(
+            ModelPin,
+            {
+                "size_gb": schema.POSITIVE,
+                "disk_margin_gb": schema.at_least(0),
+                "path": _NONEMPTY,
+                "repo": _NONEMPTY,
+            },
+        ),
+        "serve": schema.from_dataclass(ServePin, {"port": schema.PORT, "host": _NONEMPTY}),
+        "build": schema.from_dataclass(
+            BuildPin,
+            {
+                "disk_gb": schema.POSITIVE,
+                "gb_per_compile_thread": schema.POSITIVE,
+                "mem_fraction": schema.between(0, 1, open_low=True),
+                "nvcc_threads": schema.between(1, 64),
+            },
+        ),
+    }
+)
 
 
 def load_pins(path: Path | None = None) -> Pins:
-    """Parse the pins file (the packaged one unless ``path`` is given)."""
+    """Parse and check the pins file (the packaged one unless ``path`` is given)."""
     p = path or pins_path()
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TurboError(
             f"pins file {p}", f"cannot be read ({exc})", "Restore turbo/data/pins.toml from git."
         ) from exc
-    src = str(p)
-    try:
-        model = dict(_section(raw, "model", src))
-        variants = dict(model.pop("variants", {}))
-        return Pins(
-            vllm=VllmPin(**_section(raw, "vllm", src)),
-            toolchain=ToolchainPin(**_section(raw, "toolchain", src)),
-            model=ModelPin(variants=variants, **model),
-            serve=ServePin(**_section(raw, "serve", src)),
-            build=BuildPin(**_section(raw, "build", src)),
-            source=src,
-        )
-    except TypeError as exc:
-        raise TurboError(
-            f"pins file {p}",
-            f"has unexpected or missing keys ({exc})",
-            "Restore turbo/data/pins.toml from git.",
-        ) from exc
+    schema.validate(raw, SCHEMA, p, _FIX)
+    model = dict(raw["model"])
+    variants = dict(model.pop("variants", {}))
+    return Pins(
+        vllm=VllmPin(**raw["vllm"]),
+        toolchain=ToolchainPin(**raw["toolchain"]),
+        model=ModelPin(variants=variants, **model),
+        serve=ServePin(**raw["serve"]),
+        build=BuildPin(**raw["build"]),
+        source=str(p),
+    )

@@ -8,7 +8,9 @@ own "last flag wins" parsing makes them the strongest of all.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from turbo import memfit, schema
 from turbo.errors import TurboError, UsageError
 from turbo.pins import Pins
 
@@ -40,6 +43,8 @@ class Profile:
     env: dict[str, str]
     extra: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    # --set env.NAME=value: applied after everything else (None: remove the variable).
+    env_set: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -93,43 +98,126 @@ def _bad_file(path: Path, why: str) -> TurboError:
     return TurboError(f"profiles file {path}", why, "Restore turbo/data/profiles.toml from git.")
 
 
-def _check_value(path: Path, where: str, key: str, value: object) -> ArgValue:
-    if isinstance(value, bool | int | float | str):
-        return value
-    raise _bad_file(path, f"{where}.{key} must be a string, number or boolean")
+_FIX = "Fix it, or restore turbo/data/profiles.toml from git."
+_FLAG = schema.matches(r"[A-Za-z0-9][A-Za-z0-9_-]*", "a vLLM flag name such as max-model-len")
+_ENV = schema.matches(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
+_ARGS = schema.MapOf(schema.Value((str, int, float, bool)), required=False, key_check=_FLAG)
+_ENVS = schema.MapOf(schema.Value((str,)), required=False, key_check=_ENV)
+_SECONDS = schema.Value((float,), required=False, check=schema.POSITIVE)
+
+SCHEMA = schema.Table(
+    {
+        "defaults": schema.Table({"args": _ARGS, "env": _ENVS}, required=False),
+        "profiles": schema.MapOf(
+            schema.Table(
+                {
+                    "kind": schema.Value((str,), check=schema.one_of(*KINDS)),
+                    "description": schema.Value((str,), required=False),
+                    "cluster": schema.Value((bool,), required=False),
+                    "args": _ARGS,
+                    "env": _ENVS,
+                }
+            ),
+            key_check=schema.matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a profile name"),
+            nonempty=True,
+        ),
+        "env_names": schema.MapOf(schema.Value((str,)), required=False, key_check=_ENV),
+        "serve": schema.Table(
+            {
+                "health_timeout_s": _SECONDS,
+                "health_interval_s": _SECONDS,
+                "warmup_timeout_s": _SECONDS,
+                "stop_timeout_s": _SECONDS,
+            },
+            required=False,
+        ),
+        "cluster": schema.Table(
+            {
+                "ray_port": schema.Value((int,), required=False, check=schema.PORT),
+                "system_nccl": schema.Value((list,), required=False, item=(str,)),
+                "nccl_debug": schema.Value(
+                    (str,),
+                    required=False,
+                    check=schema.one_of("VERSION", "WARN", "INFO", "TRACE", "ABORT"),
+                ),
+                "nccl_debug_subsys": schema.Value((str,), required=False),
+            },
+            required=False,
+        ),
+        "memory": schema.Table(
+            {
+                "unified_gb": schema.Value((float,), required=False, check=schema.POSITIVE),
+                "overhead_gb": schema.Value((float,), required=False, check=schema.at_least(0)),
+                "max_safe_utilization": schema.Value(
+                    (float,), required=False, check=schema.between(0, 1, open_low=True)
+                ),
+            },
+            required=False,
+        ),
+        "model_shape": schema.Table(
+            {
+                k: schema.Value((int,), check=schema.at_least(1))
+                for k in memfit.ModelShape.__dataclass_fields__
+            },
+            required=False,
+        ),
+        "bench": schema.Table(
+            {
+                "seed": schema.MapOf(schema.Value((float,), check=schema.POSITIVE), False),
+                "prompt_lens": schema.Value(
+                    (list,), required=False, item=(int,), check=schema.at_least(1)
+                ),
+                "output_lens": schema.Value(
+                    (list,), required=False, item=(int,), check=schema.at_least(1)
+                ),
+                "repeats": schema.Value((int,), required=False, check=schema.at_least(1)),
+            },
+            required=False,
+        ),
+    }
+)
+
+
+def _check_book(raw: dict[str, Any], p: Path) -> None:
+    """What a schema cannot say: known settings within range, env_names naming a setting."""
+    defaults = raw.get("defaults", {})
+    tables = [("defaults.args", defaults.get("args", {}))]
+    tables += [(f"profiles.{n}.args", pr.get("args", {})) for n, pr in raw["profiles"].items()]
+    targets = {"model", "host", "port", "served-model-name", *CLUSTER_SETTINGS}
+    for where, args in tables:
+        targets.update(args)
+        for key, value in args.items():
+            rule = RULES.get(key)
+            why = rule.problem(value) if rule else None
+            if why:
+                raise schema.DataFileError(f"{p}: {where}.{key}", f"{why}, not {value!r}", _FIX)
+    for env_name, key in raw.get("env_names", {}).items():
+        if key not in targets:
+            near = schema.nearest(key, sorted(targets))
+            hint = f"Did you mean {near!r}? " if near else ""
+            raise schema.DataFileError(
+                f"{p}: env_names.{env_name}",
+                f"names {key!r}, which is no setting (it would pass --{key} to vLLM)",
+                f"{hint}Settings: {', '.join(sorted(targets))}. {_FIX}",
+            )
 
 
 def load_book(path: Path | None = None) -> ProfileBook:
-    """Parse the profiles file (the packaged one unless ``path`` is given)."""
+    """Parse and check the profiles file (the packaged one unless ``path`` is given)."""
     p = path or profiles_path()
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise _bad_file(p, f"cannot be read ({exc})") from exc
+    schema.validate(raw, SCHEMA, p, _FIX)
+    _check_book(raw, p)
     defaults = raw.get("defaults", {})
-    profiles = raw.get("profiles", {})
-    if not isinstance(profiles, dict) or not profiles:
-        raise _bad_file(p, "has no [profiles.*] tables")
-    for name, prof in profiles.items():
-        kind = prof.get("kind")
-        if kind not in KINDS:
-            raise _bad_file(p, f"profile {name} has kind {kind!r}, not one of {', '.join(KINDS)}")
-        for key, value in prof.get("args", {}).items():
-            _check_value(p, f"profiles.{name}.args", key, value)
-    d_args = {
-        k: _check_value(p, "defaults.args", k, v) for k, v in defaults.get("args", {}).items()
-    }
-    d_env = {k: str(v) for k, v in defaults.get("env", {}).items()}
-    sections = {
-        k: v
-        for k, v in raw.items()
-        if k not in ("defaults", "profiles", "env_names") and isinstance(v, dict)
-    }
+    sections = {k: v for k, v in raw.items() if k not in ("defaults", "profiles", "env_names")}
     return ProfileBook(
-        defaults_args=d_args,
-        defaults_env=d_env,
-        profiles=dict(profiles),
-        env_names={k: str(v) for k, v in raw.get("env_names", {}).items()},
+        defaults_args=dict(defaults.get("args", {})),
+        defaults_env=dict(defaults.get("env", {})),
+        profiles=dict(raw["profiles"]),
+        env_names=dict(raw.get("env_names", {})),
         sections=sections,
         source=str(p),
     )
@@ -146,6 +234,112 @@ def parse_value(text: str) -> ArgValue:
         except ValueError:
             pass
     return text
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be: its type and, for numbers, its range."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed
+    note: str = ""
+
+    def problem(self, value: object) -> str | None:
+        """Why a value from a data file does not fit, or None."""
+        want = self.note or _KIND_WORDS.get(self.kind, self.kind.__name__)
+        if isinstance(value, bool) != (self.kind is bool):
+            return f"must be {want}{_span(self)}"
+        if self.kind is bool:
+            return None
+        if self.kind in (int, float) and not isinstance(value, int | float):
+            return f"must be {want}{_span(self)}"
+        if self.kind is int and not isinstance(value, int):
+            return f"must be {want}{_span(self)}"
+        if isinstance(value, int | float):
+            low = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
+            if low or (self.hi is not None and value > self.hi):
+                return f"must be {want}{_span(self)}"
+        return None
+
+
+# Settings with a known meaning and range. Others keep the type of the value they replace.
+RULES: dict[str, Rule] = {
+    "port": Rule(int, 1, 65535, note="a TCP port number"),
+    "gpu-memory-utilization": Rule(float, 0, 1, lo_open=True, note="a share of memory"),
+    "max-model-len": Rule(int, 1),
+    "max-num-seqs": Rule(int, 1),
+    "max-num-batched-tokens": Rule(int, 1),
+    "tensor-parallel-size": Rule(int, 1, 64),
+    "pipeline-parallel-size": Rule(int, 1, 64),
+    "nnodes": Rule(int, 1, 64),
+    "node-rank": Rule(int, 0, 63),
+}
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def typed_value(
+    key: str, text: str, current: ArgValue | None, where: str, name: str = ""
+) -> ArgValue:
+    """``text`` as a value for setting ``key``, or one line saying why it cannot be.
+
+    ``where`` names the source for the message (``--set port``, ``PORT (environment)``) and
+    ``name`` what the user writes (``PORT``; default ``key``)."""
+    rule = RULES.get(key) or (Rule(type(current)) if current is not None else None)
+    if rule is None:
+        return parse_value(text)
+    value = text if rule.kind is str else parse_value(text)
+    ok = (
+        (rule.kind is bool and isinstance(value, bool))
+        or (rule.kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (rule.kind is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or rule.kind is str
+    )
+    span = _span(rule)
+    what = rule.note or _KIND_WORDS.get(rule.kind, rule.kind.__name__)
+    if not ok:
+        raise UsageError(
+            f"{where} {text!r}",
+            f"is not {what}{span}",
+            f"Pass {_KIND_WORDS.get(rule.kind, 'a value')}{span}, "
+            f"e.g. {name or key}={_example(rule, current)}.",
+        )
+    if rule.kind is float:
+        value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low_bad = rule.lo is not None and (value < rule.lo or (rule.lo_open and value == rule.lo))
+        if low_bad or (rule.hi is not None and value > rule.hi):
+            raise UsageError(
+                f"{where} {text!r}",
+                f"is out of range for {key} ({what}{span})",
+                f"Pass a value{span}, e.g. {name or key}={_example(rule, current)}.",
+            )
+    return value
+
+
+def _span(rule: Rule) -> str:
+    lo, hi = rule.lo, rule.hi
+    if lo is None:
+        return ""
+    if hi is None:
+        return f" {'above' if rule.lo_open else 'of at least'} {lo:g}"
+    return f" {'above' if rule.lo_open else 'from'} {lo:g} {'up ' if rule.lo_open else ''}to {hi:g}"
+
+
+def _example(rule: Rule, current: ArgValue | None) -> str:
+    if current is not None and not isinstance(current, str):
+        return str(current).lower() if isinstance(current, bool) else str(current)
+    return {bool: "true", int: str(int(rule.lo or 1)), float: "0.8"}.get(rule.kind, "x")
+
+
+def env_port(environ: Mapping[str, str], default: int) -> int:
+    """PORT from the environment (the seed's name), checked, else ``default``."""
+    text = environ.get("PORT", "")
+    if not text.strip():
+        return default
+    return int(typed_value("port", text.strip(), default, f"PORT={text!r}", "PORT"))
 
 
 def _parse_set(item: str) -> tuple[str, str]:
@@ -200,27 +394,41 @@ def resolve(
         elif key in CLUSTER_SETTINGS:
             settings[key] = value
         else:
-            args[key] = parse_value(value)
+            args[key] = typed_value(
+                key, value, args.get(key), f"{env_name} (environment)", env_name
+            )
 
-    valid = sorted({*args, "model", *CLUSTER_SETTINGS} | {f"env.{k}" for k in env})
+    valid = sorted({*args, "model", *CLUSTER_SETTINGS})
+    env_set: dict[str, str | None] = {}
     for item in ov.sets:
         key, value = _parse_set(item)
+        if key.startswith("env."):
+            # Any variable may be set for the server; an empty value removes the profile's.
+            var = key[4:]
+            if not ENV_NAME.fullmatch(var):
+                raise UsageError(
+                    f"--set {key}",
+                    "is not an environment variable name",
+                    "Write it as --set env.NAME=value, e.g. env.NCCL_DEBUG=WARN.",
+                )
+            env_set[var] = value or None
+            continue
         if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"Did you mean {near[0]}? " if near else ""
             raise UsageError(
                 f"--set {key}",
                 f"is not a setting of profile {name}",
-                f"Valid keys: {', '.join(valid)}; pass other vLLM flags after --.",
+                f"{hint}Valid keys: {', '.join(valid)}, env.NAME; pass other vLLM flags after --.",
             )
         if key == "model":
             model = value
         elif key in CLUSTER_SETTINGS:
             settings[key] = value
-        elif key.startswith("env."):
-            env[key[4:]] = value
         elif value == "":
             del args[key]
         else:
-            args[key] = parse_value(value)
+            args[key] = typed_value(key, value, args.get(key), f"--set {key}")
 
     if ov.model:
         model = ov.model
@@ -243,6 +451,7 @@ def resolve(
         env=env,
         extra=list(ov.extra),
         settings=settings,
+        env_set=env_set,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from turbo import cluster, endpoint, logtee, memfit, notify, paths, serve_secrets, stamp
 from turbo.console import (
     TaskLog,
+    is_secret_key,
     known_secrets,
     redact,
     redact_argv,
@@ -110,8 +111,13 @@ def build_plan(
     cluster_env: Mapping[str, str],
     ray_port: int,
     build_digest: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
-    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones."""
+    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones.
+
+    Environment, lowest first: what the user exported < the profile's data (and the detected
+    cluster network) < ``--set env.NAME=value``. A profile means the same on every shell; a
+    note says when it replaces an exported value, and how to keep that value."""
     node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
     head = prof.settings.get("head")
     if prof.kind == "ray-head" or (head is None and prof.args.get("node-rank") == 0):
@@ -125,6 +131,12 @@ def build_plan(
             continue
         env[key] = _fill(val, values, f"profile {prof.name} env {key}")
     env.update(cluster_env)
+    for key, set_value in prof.env_set.items():
+        if set_value is None:
+            env.pop(key, None)
+        else:
+            env[key] = set_value
+    notes += _replaced_exports(env, environ or {})
 
     if prof.kind in ("ray-head", "ray-worker"):
         if not node_ip:
@@ -161,6 +173,22 @@ def build_plan(
         roce=asdict(roce) if roce else None,
         notes=notes,
     )
+
+
+def _replaced_exports(env: Mapping[str, str], exported: Mapping[str, str]) -> list[str]:
+    out = []
+    for key, value in env.items():
+        old = exported.get(key)
+        if old is None or old == value:
+            continue
+        if is_secret_key(key):
+            out.append(f"{key}: the profile's value replaces your exported one")
+        else:
+            out.append(
+                f"{key}: the profile's {value!r} replaces your exported {old!r}; keep yours "
+                f"with --set env.{key}={shlex.quote(old)}"
+            )
+    return out
 
 
 # ------------------------------------------------------------------------------ checks
@@ -331,8 +359,11 @@ def preflight(
                 "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
             )
         )
-        fit = memory_fit(plan, prof, book, probe, size_gb)
-        checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+        try:
+            fit = memory_fit(plan, prof, book, probe, size_gb)
+            checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+        except TurboError as err:
+            checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
@@ -388,6 +419,19 @@ def preflight(
                     "install libnccl2 or set VLLM_NCCL_SO_PATH.",
                 )
             )
+    # Logs and pid files go under TURBO_HOME: say so now, not after a 15-minute start.
+    for where in (paths.log_dir(), paths.run_dir()):
+        why = paths.unwritable_reason(where)
+        if why:
+            checks.append(
+                Check(
+                    "state dir",
+                    FAIL,
+                    why,
+                    "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`).",
+                )
+            )
+            break
     return checks
 
 
@@ -443,24 +487,55 @@ def record(plan: Plan, pid: int, log: Path) -> Path:
     return p
 
 
-def running() -> list[dict[str, Any]]:
-    """Recorded servers that are still alive (stale pid files are removed)."""
+def _usable_record(rec: dict[str, Any] | None) -> bool:
+    """A pid file as serve writes it: a serve record names a real process (pid above 1, its
+    start time), so a corrupt or crafted file can never make stop signal init or a stranger."""
+    if rec is None:
+        return False
+    if rec.get("kind") != "serve":
+        return True
+    pid = rec.get("pid")
+    return (
+        isinstance(pid, int)
+        and not isinstance(pid, bool)
+        and pid > 1
+        and pid != os.getpid()
+        and isinstance(rec.get("start_time"), str)
+    )
+
+
+def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed). Files that are not
+    usable records are left alone and listed in ``corrupt``."""
     out: list[dict[str, Any]] = []
     d = paths.run_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
         rec = read_json(f)
-        if rec is None:
+        if rec is None or not _usable_record(rec):
+            if corrupt is not None:
+                corrupt.append(f)
             continue
         rec["file"] = str(f)
         if rec.get("kind") != "serve":
             out.append(rec)
             continue
-        pid = int(str(rec.get("pid", 0)))
-        if pid and _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+        pid = int(rec["pid"])
+        if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
             out.append(rec)
         else:
             f.unlink(missing_ok=True)
     return out
+
+
+def _corrupt_pid_files(files: list[Path]) -> TurboError:
+    more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+    return TurboError(
+        f"pid file {files[0]}{more}",
+        "is not a record written by serve (corrupt or edited), so it cannot say which "
+        "process to stop",
+        "If a server still runs, find it with `pgrep -af 'vllm serve'` and end it; then "
+        "delete the file.",
+    )
 
 
 # ------------------------------------------------------------------------------ launch
@@ -719,10 +794,13 @@ def stop(
     port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
 ) -> int:
     """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
-    recs = running()
+    corrupt: list[Path] = []
+    recs = running(corrupt)
     if port is not None:
         recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
     if not recs:
+        if corrupt:
+            raise _corrupt_pid_files(corrupt)
         out("nothing to stop: no server recorded in " + str(paths.run_dir()))
         return 0
     if len(recs) > 1 and not everything and port is None:
@@ -755,6 +833,8 @@ def stop(
             out(f"pid {pid} ignored SIGTERM for {timeout:.0f} s: killed")
         f.unlink(missing_ok=True)
         out(f"stopped {rec.get('profile')} (pid {pid}, port {rec.get('port')})")
+    if corrupt:
+        out(f"warning: {_corrupt_pid_files(corrupt).line()}")
     return 0
 
 
@@ -848,6 +928,7 @@ def prepare(
         cluster_env=cenv,
         ray_port=int(csec.get("ray_port", 6379)),
         build_digest=local_build_digest(built),
+        environ=env,
     )
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
     return Prepared(plan, prof, checks)
@@ -879,6 +960,8 @@ def supervision(book: ProfileBook, health_timeout: float | None, warmup: bool) -
 
 def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) -> int:
     """Fail on the first failed check (warnings are printed), then run the plan."""
+    for note in prep.plan.notes:
+        out(f"note: {note}")
     for c in prep.checks:
         if c.status == WARN:
             out(f"warning: {c.name}: {c.detail}. {c.fix}".rstrip())

@@ -581,6 +581,8 @@ def plan_install(
 
 def render_install(inst: Installed, tgt: Target, dry_run: bool) -> str:
     verb = "would write" if dry_run else "wrote"
+    if inst.spec.scope == SYSTEM and dry_run and tgt.real:
+        verb += "; needs root"
     env_state = "kept as it is" if inst.env_exists else ("would create" if dry_run else "created")
     lines = [
         f"{inst.spec.scope} unit: {inst.unit_path} ({verb})",
@@ -680,6 +682,9 @@ def install(
 
 
 # ------------------------------------------------------------------------------ status
+NO_SYSTEMCTL = "unknown (systemctl not available)"
+
+
 @dataclass(frozen=True)
 class UnitState:
     unit: str
@@ -717,7 +722,7 @@ def states(
             keys = parse_unit(path.read_text(encoding="utf-8", errors="replace"))
             unit_scope = (keys.get("X-Turbo-Scope") or [scope])[0]
             profile = (keys.get("X-Turbo-Profile") or ["?"])[0]
-            active = enabled = "unknown (systemctl not available)"
+            active = enabled = NO_SYSTEMCTL
             if ask is not None:
                 t = target(unit_scope, env, unit_dir)
                 active = _state(ask, t.systemctl("is-active", path.name))
@@ -752,7 +757,12 @@ def doctor_row(
     found = states(environ, systemctl)
     if not found:
         return None
-    parts = [f"{s.unit} ({s.scope}): {s.active}, {s.enabled}" for s in found]
+    parts = [
+        f"{s.unit} ({s.scope}): {s.active}, {s.enabled}"
+        if s.active != NO_SYSTEMCTL
+        else f"{s.unit} ({s.scope}): installed at {s.path} (no systemctl to ask)"
+        for s in found
+    ]
     failed = [s for s in found if s.active == "failed"]
     starting = [s for s in found if s.active in ("activating", "reloading")]
     if failed:

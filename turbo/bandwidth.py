@@ -1,0 +1,159 @@
+"""The machine's memory bandwidth: the figure its maker states for known GPUs, and one measured
+here (a device-to-device copy through torch on the GPU, when there is one).
+
+Single-stream decode reads every weight a token touches once per token, so this figure over
+the bytes per token is the ceiling on decode tok/s (see turbo/roofline.py). The stated figure
+is what the machine is sold with; the measured copy is what a kernel can reach on it today.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+# Stated memory bandwidth in GB/s (1e9 bytes), matched against the GPU's name, most specific
+# first. DGX Spark's GB10: LPDDR5X, 273 GB/s, shared by CPU and GPU.
+SPEC_GBS: tuple[tuple[str, float], ...] = (
+    ("GB10", 273.0),
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIE", 2000.0),
+    ("H100", 3350.0),
+    ("A100 80GB PCIE", 1935.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100", 1555.0),
+)
+# Bytes per copy buffer: well above any GPU's L2 (H200: 60 MB), small beside what a serving
+# vLLM leaves free on a Spark.
+_COPY_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    gpu: str | None
+    spec_gbs: float | None
+    measured_gbs: float | None
+    measured_how: str
+    given_gbs: float | None = None
+
+    @property
+    def used_gbs(self) -> float | None:
+        """The figure rooflines use: the user's, else the stated one, else the measured one."""
+        return self.given_gbs or self.spec_gbs or self.measured_gbs
+
+    @property
+    def used_source(self) -> str:
+        if self.given_gbs:
+            return "--bandwidth-gbs"
+        if self.spec_gbs:
+            return f"{self.gpu} stated figure"
+        if self.measured_gbs:
+            return "measured copy"
+        return "none"
+
+
+def spec_for(gpu_name: str | None) -> float | None:
+    if not gpu_name:
+        return None
+    name = gpu_name.upper()
+    for key, gbs in SPEC_GBS:
+        if key.upper() in name:
+            return gbs
+    return None
+
+
+def gpu_name() -> str | None:
+    """This machine's first GPU, from nvidia-smi (no torch import needed)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return lines[0].strip() if proc.returncode == 0 and lines else None
+
+
+def measure_copy_gbs(nbytes: int = _COPY_BYTES, iters: int = 20) -> tuple[float | None, str]:
+    """Device-to-device copy bandwidth in GB/s, counting the read and the write (2 x bytes per
+    copy), as a kernel that streams weights would see it. (None, why) without torch or CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not importable here"
+    try:
+        if not torch.cuda.is_available():
+            return None, "no CUDA device visible to torch"
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        for _ in range(3):  # first touches, clocks up
+            dst.copy_(src)
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            dst.copy_(src)
+        stop.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(stop) / 1000.0
+        name = torch.cuda.get_device_name(0)
+        del src, dst
+        torch.cuda.empty_cache()
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # busy or full GPU
+        return None, f"copy failed on the GPU ({str(exc).splitlines()[0][:120]})"
+    if seconds <= 0:
+        return None, "copy too fast to time"
+    gbs = 2 * nbytes * iters / seconds / 1e9
+    return gbs, f"torch copy of {nbytes // 2**20} MiB x {iters} on {name}"
+
+
+def measure_host_copy_gbs(nbytes: int = 128 * 2**20, iters: int = 5) -> tuple[float, str]:
+    """Host memory copy bandwidth (read + write), for a server without a GPU (vLLM's CPU
+    backend reads its weights from host memory). A C memcpy through memoryview slices."""
+    src = bytearray(nbytes)
+    dst = bytearray(nbytes)
+    view = memoryview(dst)
+    view[:] = src  # first touch: page faults, not bandwidth
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        view[:] = src
+    seconds = time.perf_counter() - t0
+    return (
+        2 * nbytes * iters / seconds / 1e9,
+        f"host memory copy of {nbytes // 2**20} MiB x {iters}",
+    )
+
+
+def bandwidth(given_gbs: float | None = None, measure: bool = True) -> Bandwidth:
+    """Both figures for this machine; without a GPU the measured one is host memory's, which
+    is what a CPU-backend server reads its weights from."""
+    name = gpu_name()
+    measured, how = measure_copy_gbs() if measure else (None, "not measured")
+    if measure and measured is None and name is None:
+        measured, how = measure_host_copy_gbs()
+        how += " (no GPU here)"
+    return Bandwidth(name, spec_for(name), measured, how, given_gbs)
+
+
+def check_gbs(value: str) -> None:
+    """`--bandwidth-gbs`: a positive number of GB/s (the option check of `invoke bench`)."""
+    from turbo.options import OptionError
+
+    try:
+        gbs = float(value)
+    except ValueError:
+        raise OptionError(
+            "is not a number of GB/s", "For example --bandwidth-gbs 273 (a GB10)"
+        ) from None
+    if not 0 < gbs < 1e6:
+        raise OptionError("is not a bandwidth in GB/s", "Give a positive figure, e.g. 273")
