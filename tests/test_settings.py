@@ -145,3 +145,52 @@ def test_pid_one_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TurboError):
         serve.stop()
     assert sent == []
+
+
+# --------------------------------------------------------------------------- after --
+def test_words_after_double_dash_reach_vllm_exactly() -> None:
+    """invoke joins the words after -- with spaces; re-splitting that string broke a JSON
+    value with spaces and dropped its quotes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = '{"method": "mtp", "num_speculative_tokens": 2}'
+    proc = subprocess.run([sys.executable, "-m", "invoke", "serve", "--dry-run", "--json", "--",
+                           "--speculative-config", spec, "--max-num-seqs", "'4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(proc.stdout)["argv"]
+    assert argv[-4:] == ["--speculative-config", spec, "--max-num-seqs", "'4"]
+
+
+def test_remainder_that_cannot_be_split_is_one_line() -> None:
+    from turbo.options import remainder_words
+
+    assert remainder_words("--a 1", ["invoke", "serve", "--", "--a", "1"]) == ["--a", "1"]
+    assert remainder_words('--b "x y"', ["pytest"]) == ["--b", "x y"]
+    with pytest.raises(UsageError, match="after --"):
+        remainder_words("--max-num-seqs '4", ["pytest"])
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HEAD_IP": "garbage"}, "HEAD_IP (environment)"),
+    ({"NODE_IP": "10.0.0.300"}, "NODE_IP (environment)"),
+])
+def test_node_addresses_from_the_environment_are_checked(env: dict[str, str],
+                                                         words: str) -> None:
+    with pytest.raises(UsageError, match="not an IP address") as exc:
+        resolve("tp2-serve", PINS, environ=env)
+    assert words in exc.value.line()
+
+
+def test_set_head_is_checked() -> None:
+    with pytest.raises(UsageError, match="not an IP address"):
+        resolve("tp2-worker", PINS, Overrides(sets=("head=nohost",)), environ={})
+
+
+def test_exported_gid_index_that_is_no_number_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="NCCL_IB_GID_INDEX='abc'"):
+        plan_of("tp2-serve", tmp_path, None, {"NCCL_IB_GID_INDEX": "abc",
+                                              "HEAD_IP": "192.168.100.10"})

@@ -445,7 +445,16 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
         port_check,
     ]
     checks += check_service()
+    checks += check_environment(h, stamp)
     return checks
+
+
+def check_environment(h: Host, stamp: dict[str, object] | None) -> list[Check]:
+    """pixi version, CUDA headers where the build looks, declared vs installed versions,
+    vLLM in this pixi environment (turbo/env_checks.py)."""
+    from turbo import env_checks
+
+    return env_checks.rows(h, stamp)
 
 
 def check_service() -> list[Check]:

