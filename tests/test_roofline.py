@@ -310,3 +310,14 @@ def test_without_a_gpu_the_measured_figure_is_host_memory(
     bw = bandwidth.bandwidth()
     assert bw.measured_gbs is not None and bw.measured_gbs > 0.1
     assert "host memory copy" in bw.measured_how and bw.used_source == "measured copy"
+
+
+def test_a_remote_server_needs_its_bandwidth_given(tmp_path: Path) -> None:
+    from turbo import limit
+
+    cfg, specs, _ = dense(False, False)
+    d = make_checkpoint(tmp_path / "m", cfg, specs)  # type: ignore[arg-type]
+    lim, why = limit.load(str(d), None, "auto", measure=False)
+    assert lim is None and "another machine" in why and "--bandwidth-gbs" in why
+    lim, why = limit.load(str(d), 273.0, "auto", measure=False)
+    assert lim is not None and lim.gbs == 273.0 and why == ""
