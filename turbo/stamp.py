@@ -33,6 +33,8 @@ IDENTITY_FIELDS = (
     "machine",
     "python",
     "vllm_version",
+    # An adopted install (`invoke adopt-vllm`): the digest of pip's RECORD of its files.
+    "installed_digest",
 )
 
 

@@ -1,0 +1,213 @@
+"""`invoke demo`: the whole flow against the real vLLM on any x86_64 Linux without a GPU.
+
+vLLM 0.16.0's CPU build in the cached environment (turbo/cpu_vllm.py), a tiny Qwen3-Next made
+here (turbo/tiny_model.py), then the product's own commands, exactly as a user types them:
+``adopt-vllm``, ``adopt-model``, ``serve --profile cpu --detach``, ``verify``, a short
+``bench``, ``stop``. The e2e test session (tests/e2e) uses these same helpers.
+
+State (stamp, logs, pid files) goes to a demo directory of its own (TURBO_HOME), so the demo
+never replaces the stamp of a vLLM built on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from turbo import cpu_vllm, paths
+from turbo.errors import TurboError
+
+Out = Callable[[str], None]
+
+# The vLLM plugin that makes Qwen3-Next run on the CPU backend (PyTorch gated delta-net).
+PLUGIN_DIR = paths.repo_root() / "tests" / "vllm_cpu_plugin"
+# float32: greedy output then equals transformers' token for token (bfloat16 serves too).
+SERVE_EXTRA = ("--dtype", "float32")
+DONE = ".turbo-tiny-complete"
+
+
+def plugin_dir() -> Path:
+    if not (PLUGIN_DIR / "pyproject.toml").is_file():
+        raise TurboError(
+            "the vLLM CPU plugin",
+            f"{PLUGIN_DIR} is missing (the demo runs from a checkout of vllm-turbo)",
+            "Run it from a git clone of the project.",
+        )
+    return PLUGIN_DIR
+
+
+def prepare_env(progress: Out = print) -> cpu_vllm.CpuEnv:
+    """The cached vLLM CPU environment with the plugin installed (built once per machine)."""
+    return cpu_vllm.ensure_env(plugins=[plugin_dir()], progress=progress)
+
+
+def make_checkpoint(env: cpu_vllm.CpuEnv, dest: Path, kind: str = "qwen3-next") -> Path:
+    """A tiny checkpoint at ``dest`` (made once; a half-made one is made again)."""
+    if (dest / DONE).is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [str(env.python), "-m", "turbo.tiny_model", "make", kind, str(tmp)],
+        env={**os.environ, "PYTHONPATH": str(paths.repo_root())},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise TurboError(f"making the tiny {kind} checkpoint", last, "See the message above.")
+    (tmp / DONE).write_text("made by turbo.tiny_model\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def invoke(
+    args: Sequence[str],
+    environ: Mapping[str, str],
+    timeout: float = 900,
+    stream: Out | None = None,
+) -> Result:
+    """Run one product command (`invoke ARGS`) from the checkout, as a user would."""
+    argv = [sys.executable, "-m", "invoke", *args]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        argv,
+        cwd=paths.repo_root(),
+        env=dict(environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    res = Result(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    if stream is not None:
+        for line in (proc.stdout + proc.stderr).splitlines():
+            stream(f"    {line}")
+    return res
+
+
+def _step(out: Out, what: str, res: Result) -> None:
+    if res.rc != 0:
+        raise TurboError(
+            f"demo step `invoke {' '.join(res.argv[3:])}`",
+            f"exit {res.rc}: {(res.stderr.strip() or res.stdout.strip())[-400:]}",
+            "The lines above show what it printed.",
+        )
+    out(f"  {what}: ok ({res.seconds:.0f} s)")
+
+
+def run(
+    port: int | None = None, keep: bool = False, dry_run: bool = False, out: Out = print
+) -> int:
+    root = paths.cache_dir() / "demo"
+    model = root / "tiny-qwen3-next"
+    state = root / "state"
+    p = port or free_port()
+    steps = [
+        f"vLLM {cpu_vllm.VLLM_VERSION} CPU build + plugin in "
+        f"{cpu_vllm.env_root(cpu_vllm.EnvSpec())}",
+        f"tiny Qwen3-Next checkpoint in {model}",
+        "invoke adopt-vllm --vllm <env>/bin/vllm",
+        f"invoke adopt-model {model}",
+        f"invoke serve --profile cpu --detach --port {p} --model {model} -- "
+        + " ".join(SERVE_EXTRA),
+        f"invoke verify --port {p}",
+        f"invoke bench --port {p} --prompt-lens 64 --output-lens 32 --repeats 1",
+        f"invoke stop --port {p}",
+    ]
+    if dry_run:
+        out(f"demo (state in {state}):")
+        for i, s in enumerate(steps, 1):
+            out(f"  {i}. {s}")
+        return 0
+    if sys.platform != "linux":
+        raise TurboError("demo", "needs Linux (vLLM's CPU build)", "Run it on a Linux machine.")
+    t0 = time.monotonic()
+    out(f"1/8 {steps[0]} (first time: ~5 min, ~8.5 GB)")
+    env = prepare_env(progress=lambda line: out(f"  {line}"))
+    out(f"2/8 {steps[1]}")
+    make_checkpoint(env, model)
+    environ = {**os.environ, "TURBO_HOME": str(state)}
+    for key in ("MODEL", "PORT", "HOST", "SERVED_MODEL_NAME"):
+        environ.pop(key, None)
+    show = out
+    out(f"3/8 {steps[2]}")
+    _step(
+        out,
+        "adopt-vllm",
+        invoke(["adopt-vllm", "--vllm", str(env.vllm), "--force"], environ, stream=show),
+    )
+    out(f"4/8 {steps[3]}")
+    _step(out, "adopt-model", invoke(["adopt-model", str(model)], environ, stream=show))
+    out(f"5/8 {steps[4]} (first start compiles: 1-3 min on 2 cores)")
+    serve_args = [
+        "serve",
+        "--profile",
+        "cpu",
+        "--detach",
+        "--port",
+        str(p),
+        "--model",
+        str(model),
+        "--",
+        *SERVE_EXTRA,
+    ]
+    _step(out, "serve", invoke(serve_args, environ, stream=show))
+    try:
+        out(f"6/8 {steps[5]}")
+        _step(out, "verify", invoke(["verify", "--port", str(p)], environ, stream=show))
+        out(f"7/8 {steps[6]}")
+        bench_args = [
+            "bench",
+            "--port",
+            str(p),
+            "--prompt-lens",
+            "64",
+            "--output-lens",
+            "32",
+            "--repeats",
+            "1",
+            "--tool",
+            "builtin",
+            "--no-chart",
+            "--out",
+            str(state / "bench"),
+        ]
+        _step(out, "bench", invoke(bench_args, environ, stream=show))
+    finally:
+        if not keep:
+            out(f"8/8 {steps[7]}")
+            _step(out, "stop", invoke(["stop", "--port", str(p)], environ, stream=show))
+    out(
+        f"demo done in {time.monotonic() - t0:.0f} s: the real vLLM {env.vllm_version} served "
+        f"a tiny Qwen3-Next through vllm-turbo's own commands"
+        + (f"; still running at http://127.0.0.1:{p}/v1" if keep else "")
+    )
+    return 0
