@@ -27,7 +27,9 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TurboError as err:
-        print(f"error: {err.line()}", file=sys.stderr)
+        from turbo.console import redact
+
+        print(f"error: {redact(err.line())}", file=sys.stderr)  # no secret in any error line
         raise Exit(code=err.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted: nothing is left half-done; re-run the same command to resume.",

@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from turbo import paths
-from turbo.console import redact, render_table
+from turbo.console import redact, render_table, strip_url_credentials
 from turbo.errors import TurboError, UsageError
 from turbo.fetch_dest import (
     ADOPT_FLAG,
@@ -948,7 +948,8 @@ def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
         files=tuple(entries),
         fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
         requested_revision=req.revision,
-        endpoint=plan.hub.endpoint,
+        # The manifest outlives the run and travels to other machines: no credentials in it.
+        endpoint=strip_url_credentials(plan.hub.endpoint),
     )
     problems = check_local(req.dest, manifest)
     if problems:

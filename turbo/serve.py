@@ -23,9 +23,29 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, extra_args, memfit, notify, paths, stamp, vllm_log
+from turbo import (
+    cluster,
+    endpoint,
+    extra_args,
+    logtee,
+    memfit,
+    notify,
+    paths,
+    serve_secrets,
+    stamp,
+    vllm_log,
+)
 from turbo.adopt import gb10_verdict
-from turbo.console import TaskLog, is_secret_key, redact, redact_argv, redact_env, render_table
+from turbo.console import (
+    TaskLog,
+    is_secret_key,
+    known_secrets,
+    redact,
+    redact_argv,
+    redact_env,
+    register_secrets,
+    render_table,
+)
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -146,6 +166,9 @@ def build_plan(
                 value = _fill(value, values, f"profile {prof.name} --{key}")
             argv += _flag_words(key, value)
         argv += prof.extra
+        # A key after -- goes to vLLM's environment, out of `ps` and vLLM's argument log.
+        argv, moved = serve_secrets.move_to_env(argv)
+        env.update(moved)
         # A headless node (the Ray-free worker) serves no HTTP API.
         api = prof.args.get("headless") is not True
     return Plan(
@@ -240,7 +263,7 @@ def memory_fit(
 
 
 def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
-    return bool(environ.get("VLLM_API_KEY")) or any(
+    return bool(environ.get("VLLM_API_KEY") or plan.env.get("VLLM_API_KEY")) or any(
         w == "--api-key" or w.startswith("--api-key=") for w in plan.argv
     )
 
@@ -697,7 +720,8 @@ def _after_start(
     log_path: Path,
     stopping: threading.Event | None,
 ) -> None:
-    ep = endpoint.endpoint_for(plan.host, plan.port)
+    # A key given after -- lives in plan.env (serve_secrets): the warm-up request needs it too.
+    ep = endpoint.endpoint_for(plan.host, plan.port, api_key=plan.env.get("VLLM_API_KEY"))
     waited = wait_healthy(
         ep, proc, sup.health_timeout, sup.health_interval, out, log_path, stopping
     )
@@ -741,15 +765,21 @@ def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
     log.write("argv: " + shlex.join(redact_argv(plan.argv)))
     log.write("env: " + json.dumps(redact_env(plan.env)))
     log.close()
-    with log.path.open("a") as fh:
-        proc = subprocess.Popen(
+    # vLLM outlives this command: a redacting tee stays behind to keep secrets out of the log.
+    tee = logtee.start(log.path, known_secrets())
+    assert tee.stdin is not None
+    try:
+        proc = logtee.TeedProcess(
             argv,
             env={**os.environ, **plan.env},
-            stdout=fh,
+            stdout=tee.stdin,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        proc.tee = tee
+    finally:
+        tee.stdin.close()
     pidf = record(plan, proc.pid, log.path)
     out(f"started pid {proc.pid}; log {log.path}")
     try:
@@ -806,7 +836,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
         def tee() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                console.write(line)
+                console.write(redact(line))
                 console.flush()
                 log.write(line)
                 progress.offer(redact(line))
@@ -1046,6 +1076,8 @@ def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) 
     if err is not None:
         raise err
     plan = prep.plan
+    # Whatever vLLM prints of these (its argument log) is masked on screen and in logs.
+    register_secrets(serve_secrets.secret_values(plan.argv, plan.env))
     if plan.kind != "serve":
         return run_ray(plan, out)
     if detach:
