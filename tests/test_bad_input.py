@@ -342,3 +342,9 @@ def test_list_descriptions_are_whole_sentences() -> None:
         first = (t.body.__doc__ or "").strip().splitlines()[0]
         assert first.rstrip().endswith((".", "?")), f"{name}: first line is cut: {first!r}"
         assert len(first) <= 100, f"{name}: first docstring line too long for --list"
+
+
+def test_missing_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """invoke's own parse error quotes the argument object: it must read as the flag."""
+    code, _, err = run_inprocess(["serve", "--port"], capsys)
+    assert code != 0 and err.strip() == "Flag --port needed value and was not given one!"

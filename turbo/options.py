@@ -57,6 +57,11 @@ class CheckedArgument(Argument):
     check: Check | None = None
     allow_empty: bool = False
 
+    def __repr__(self) -> str:
+        # invoke puts this into its own one-line errors ("Flag --port needed value and was
+        # not given one!"); the flag as typed reads better than the class name.
+        return f"--{self.names[0]}"
+
     def set_value(self, value: Any, cast: bool = True) -> None:
         if cast and self.kind is not bool and not self.incrementable:
             try:
