@@ -579,9 +579,9 @@ def _usable_record(rec: dict[str, Any] | None) -> bool:
     )
 
 
-def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Recorded servers that are still alive (stale pid files are removed). Files that are not
-    usable records are left alone and listed in ``corrupt``."""
+def running(corrupt: list[Path] | None = None, prune: bool = True) -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed unless ``prune`` is
+    False). Files that are not usable records are left alone and listed in ``corrupt``."""
     out: list[dict[str, Any]] = []
     d = paths.run_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -597,7 +597,7 @@ def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
         pid = int(rec["pid"])
         if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
             out.append(rec)
-        else:
+        elif prune:
             f.unlink(missing_ok=True)
     return out
 
@@ -866,11 +866,16 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
 
 # ------------------------------------------------------------------------------ stop
 def stop(
-    port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
+    port: int | None = None,
+    everything: bool = False,
+    timeout: float = 60.0,
+    out: Out = print,
+    dry_run: bool = False,
 ) -> int:
-    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
+    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``.
+    ``dry_run`` names what would be stopped and signals and removes nothing."""
     corrupt: list[Path] = []
-    recs = running(corrupt)
+    recs = running(corrupt, prune=not dry_run)
     if port is not None:
         recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
     if not recs:
@@ -881,6 +886,17 @@ def stop(
     if len(recs) > 1 and not everything and port is None:
         listing = ", ".join(f"{r.get('profile')} (port {r.get('port')})" for r in recs)
         raise UsageError("stop", f"several are running: {listing}", "Pass --port N or --all.")
+    if dry_run:
+        for rec in recs:
+            how = (
+                "`ray stop`"
+                if rec.get("kind") != "serve"
+                else f"SIGTERM to process group {rec.get('pid')}, SIGKILL after {timeout:.0f} s"
+            )
+            out(f"would stop {rec.get('profile')} (port {rec.get('port')}): {how}")
+        if corrupt:
+            out(f"warning: {_corrupt_pid_files(corrupt).line()}")
+        return 0
     for rec in recs:
         f = Path(rec["file"])
         if rec.get("kind") != "serve":
