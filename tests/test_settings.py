@@ -222,3 +222,26 @@ def test_stop_dry_run_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         child.kill()  # os.kill: killpg is the patched one here
         child.wait()
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HOST": "a b"}, "HOST (environment) 'a b': is not an address to bind. Pass e.g. "
+                      "HOST=127.0.0.1."),
+    ({"SERVED_MODEL_NAME": "my model"}, "not a model name without spaces"),
+])
+def test_text_settings_have_a_shape(env: dict[str, str], words: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        resolve("vanilla", PINS, environ=env)
+    assert words in exc.value.line()
+
+
+def test_model_dir_that_is_a_file_is_named_by_doctor_and_dry_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from turbo import paths
+
+    afile = tmp_path / "model"
+    afile.write_text("not a directory")
+    assert paths.unwritable_reason(afile) == f"{afile} is a file, not a directory"
+    monkeypatch.setenv("MODEL", str(afile))
+    rows = {c.name: c for c in doctor.run_checks(PINS, doctor.Host(env={}))}
+    assert rows["model dir"].status == doctor.FAIL and "is a file" in rows["model dir"].detail
