@@ -395,12 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-s", type=float, default=float(os.environ.get("STANDIN_STARTUP_S",
                                                                           "0")))
     ap.add_argument("--tokens-per-s", type=float, default=2000.0)
-    args, _unknown = ap.parse_known_args(argv)
+    args, unknown = ap.parse_known_args(argv)
+    # vLLM logs every non-default argument at startup (vllm/entrypoints/utils.py,
+    # log_non_default_args), secrets included: so does the stand-in, so tests see what a
+    # serve log would hold.
+    given = {k: v for k, v in vars(args).items() if v != ap.get_default(k)}
+    print(f"INFO non-default args: {given} {unknown}", flush=True)
     spec = json.loads(args.speculative_config) if args.speculative_config else {}
     words = [w for w in args.words if w != "serve"]
+    # Like vLLM: --api-key wins over VLLM_API_KEY.
+    api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
     opts = Options(served_name=args.served_model_name, model=words[0] if words else "stand-in",
                    mode=args.mode, spec_tokens=int(spec.get("num_speculative_tokens", 0)),
-                   startup_s=args.startup_s, api_key=args.api_key,
+                   startup_s=args.startup_s, api_key=api_key,
                    tokens_per_s=args.tokens_per_s)
     srv = StandInServer(args.host, args.port, opts)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())

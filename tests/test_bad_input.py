@@ -198,6 +198,7 @@ ROWS: dict[tuple[str, str], Row] = {
     ("stop", "port"): PORT,
     ("stop", "all"): FLAG,
     ("stop", "timeout"): Row("x", "", "-1"),
+    ("stop", "dry-run"): FLAG,
     ("verify", "url"): Row("8011", "", "http://127.0.0.1:99999"),
     ("verify", "port"): PORT,
     ("verify", "served-name"): Row("a b", "", NA, "any single word names a model"),
@@ -318,6 +319,21 @@ def test_dry_run_and_json_short_flags_are_one_convention() -> None:
                 assert shorts == {"j"}, (name, arg.names)
             else:
                 assert not shorts & {"n", "j"}, (name, arg.names)
+
+
+# Tasks that only read and report; every other task acts and so has --dry-run.
+READ_ONLY = {"build-stamp", "cluster.detect", "cluster.link-check", "doctor",
+             "kernels.compile-check", "patches.archs", "patches.check", "service.status",
+             "verify"}
+# Acts (minutes of load on the server, files written) but has no --dry-run yet.
+MISSING_DRY_RUN = {"bench"}
+
+
+def test_every_task_that_acts_has_dry_run() -> None:
+    lacking = {n for n, t in TASKS.items()
+               if "dry-run" not in {a.names[0] for a in t.get_arguments()}}
+    assert lacking - READ_ONLY - MISSING_DRY_RUN == set(), "tasks that act need --dry-run"
+    assert lacking >= MISSING_DRY_RUN, "has --dry-run now: drop it from MISSING_DRY_RUN"
 
 
 def test_list_descriptions_are_whole_sentences() -> None:

@@ -95,23 +95,25 @@ def moe_config(tied: bool = False) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_moe_counts_top_k_shared_experts_and_state(tmp_path: Path, tied: bool) -> None:
+@pytest.mark.parametrize("nvfp4", [True, False])
+def test_moe_counts_top_k_shared_experts_and_state(tmp_path: Path, tied: bool,
+                                                   nvfp4: bool) -> None:
     from tests.checkpoints import qwen3_next
 
     cfg = moe_config(tied)
     exclude = ["lm_head", "model.layers.*.mlp.gate", "model.layers.*.mlp.shared_expert_gate",
                "model.layers.*.linear_attn*", "mtp.layers.0*"]
-    specs = qwen3_next(cfg, exclude)  # type: ignore[arg-type]
+    specs = qwen3_next(cfg, exclude if nvfp4 else ["*"])  # type: ignore[arg-type]
     d = make_checkpoint(tmp_path / "m", cfg, specs,
                         {"quantization": {"quant_algo": "NVFP4", "group_size": 16,
-                                          "exclude_modules": exclude}})
+                                          "exclude_modules": exclude}} if nvfp4 else None)
     t = roofline.traffic(d)
     rows = {r.component: r for r in t.weight_rows}
-    expert = 2 * linear_bytes(16, H, True) + linear_bytes(H, 16, True)
+    expert = 2 * linear_bytes(16, H, nvfp4) + linear_bytes(H, 16, nvfp4)
     # 2 layers x 8 experts stored; a token reads 2 of 8 per layer.
     assert rows["routed experts"].stored_total == 2 * 8 * expert
     assert rows["routed experts"].per_token_total == 2 * 2 * expert
-    shared = 2 * linear_bytes(32, H, True) + linear_bytes(H, 32, True)
+    shared = 2 * linear_bytes(32, H, nvfp4) + linear_bytes(H, 32, nvfp4)
     assert rows["shared experts"].per_token_total == 2 * shared
     # routers (8 x H) and shared-expert gates (1 x H) are excluded: bf16.
     assert rows["routers"].per_token == {**dict.fromkeys(roofline.KINDS, 0.0),
@@ -119,7 +121,7 @@ def test_moe_counts_top_k_shared_experts_and_state(tmp_path: Path, tied: bool) -
     # Layer 0 is linear attention (bf16, excluded), layer 1 full attention (NVFP4).
     gdn = rows["linear attention"]
     assert gdn.per_token[roofline.NVFP4] == 0 and gdn.per_token[roofline.BF16] > 0
-    assert rows["attention"].per_token[roofline.NVFP4] > 0
+    assert (rows["attention"].per_token[roofline.NVFP4] > 0) is nvfp4
     # KV: one attention layer; state: one GDN layer of 4 x 16 x 16 recurrent + conv
     # (2*2*16 + 4*16) x 3, bf16, read and written.
     assert t.kv_per_context_token == 2 * 1 * KVH * HD * 2
@@ -310,3 +312,14 @@ def test_without_a_gpu_the_measured_figure_is_host_memory(
     bw = bandwidth.bandwidth()
     assert bw.measured_gbs is not None and bw.measured_gbs > 0.1
     assert "host memory copy" in bw.measured_how and bw.used_source == "measured copy"
+
+
+def test_a_remote_server_needs_its_bandwidth_given(tmp_path: Path) -> None:
+    from turbo import limit
+
+    cfg, specs, _ = dense(False, False)
+    d = make_checkpoint(tmp_path / "m", cfg, specs)  # type: ignore[arg-type]
+    lim, why = limit.load(str(d), None, "auto", measure=False)
+    assert lim is None and "another machine" in why and "--bandwidth-gbs" in why
+    lim, why = limit.load(str(d), 273.0, "auto", measure=False)
+    assert lim is not None and lim.gbs == 273.0 and why == ""

@@ -784,8 +784,9 @@ def chart(report: Report, path: Path) -> Path:
         for c in single
     ]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(single) + 3), 4.5))
-    ax.bar(labels, [c.decode_tok_s for c in single], color="#4c72b0", label="measured")
-    _draw_roofline(ax, single)
+    xs = list(range(len(single)))
+    ax.bar(xs, [c.decode_tok_s for c in single], color="#4c72b0", label="measured")
+    ax.set_xticks(xs, labels)
     styles = ["--", "-.", ":"]
     for i, (name, value) in enumerate(report.seed.items()):
         ax.axhline(value, color="grey", linestyle=styles[i % 3], linewidth=1)
@@ -804,6 +805,7 @@ def chart(report: Report, path: Path) -> Path:
         title = f"{STAND_IN_WARNING}\n{title}"
         ax.set_yscale("log")
     ax.set_title(title, fontsize=9, color="red" if report.stand_in else "black")
+    _draw_roofline(ax, single)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -814,12 +816,24 @@ def chart(report: Report, path: Path) -> Path:
 def _draw_roofline(ax: Any, cells: Sequence[Cell]) -> None:
     """Each bar's roofline as a bar-wide line (cells differ in context), labelled with the
     measured share of it; MTP's raised roofline dashed."""
-    drawn = False
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:
+        fresh = label not in labelled
+        labelled.add(label)
+        return label if fresh else None
+
     for x, c in enumerate(cells):
         if c.roofline_tok_s is None:
             continue
-        label = "memory-bandwidth roofline" if not drawn else None
-        ax.hlines(c.roofline_tok_s, x - 0.45, x + 0.45, colors="#c44e52", linewidth=2, label=label)
+        ax.hlines(
+            c.roofline_tok_s,
+            x - 0.45,
+            x + 0.45,
+            colors="#c44e52",
+            linewidth=2,
+            label=once("memory-bandwidth roofline"),
+        )
         if c.mtp_roofline_tok_s:
             ax.hlines(
                 c.mtp_roofline_tok_s,
@@ -828,13 +842,20 @@ def _draw_roofline(ax: Any, cells: Sequence[Cell]) -> None:
                 colors="#c44e52",
                 linestyles="--",
                 linewidth=1.5,
-                label="roofline with MTP (measured acceptance)" if not drawn else None,
+                label=once("roofline with MTP (measured acceptance)"),
             )
         if c.roofline_share is not None:
             ax.text(x, c.decode_tok_s, f"{c.roofline_share:.0%}", ha="center", va="bottom")
-        drawn = True
-    if drawn:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    if labelled:
+        # Headroom above the highest line so the legend covers none of them.
+        top = max(
+            v
+            for c in cells
+            for v in (c.decode_tok_s, c.roofline_tok_s or 0.0, c.mtp_roofline_tok_s or 0.0)
+        )
+        if ax.get_yscale() == "linear":
+            ax.set_ylim(0, max(ax.get_ylim()[1], top * 1.3))
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
 
 
 def write(report: Report, out_dir: Path, with_chart: bool = True) -> dict[str, Path]:

@@ -122,7 +122,8 @@ def server_message(r: requests.Response) -> str:
         msg = err.get("message") if isinstance(err, dict) else err
         msg = msg or data.get("message") or data.get("detail")
     text = str(msg) if msg else r.text
-    return " ".join(text.split())[:300]
+    # The line adds its own full stop after the reason.
+    return " ".join(text.split())[:300].rstrip(". ")
 
 
 def http_error(ep: Endpoint, path: str, r: requests.Response) -> EndpointError:

@@ -68,7 +68,8 @@ def for_cell(
 def load(
     model: str, bandwidth_gbs: float | None, kv_dtype: str, measure: bool
 ) -> tuple[Limit | None, str]:
-    """The limit for bench's report, or None and why (bench runs without it)."""
+    """The limit for bench's report, or None and why (bench runs without it). ``measure``:
+    the server runs on this machine, so its GPU's figures are this machine's."""
     model_dir = Path(model)
     if not (model_dir / "config.json").is_file():
         return None, f"no checkpoint at {model_dir} (pass --model DIR for the roofline)"
@@ -76,7 +77,13 @@ def load(
         t = roofline.traffic(model_dir, kv_dtype or roofline.default_kv_dtype())
     except TurboError as err:
         return None, f"roofline not computed: {err.line()}"
-    bw = bandwidth.bandwidth(bandwidth_gbs, measure=measure)
+    if measure:
+        bw = bandwidth.bandwidth(bandwidth_gbs, measure=True)
+    else:
+        # The server runs elsewhere: this machine's GPU (or lack of one) says nothing about it.
+        bw = bandwidth.Bandwidth(
+            None, None, None, "the server is on another machine", given_gbs=bandwidth_gbs
+        )
     if not bw.used_gbs:
         return None, (
             f"no bandwidth known for {bw.gpu or 'this machine'} and none measured "

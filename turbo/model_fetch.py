@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from turbo import paths
-from turbo.console import redact, render_table
+from turbo.console import redact, render_table, strip_url_credentials
 from turbo.errors import TurboError, UsageError
 from turbo.fetch_dest import (
     ADOPT_FLAG,
@@ -386,8 +386,8 @@ def hub_error(exc: BaseException, req: Request, hub: Hub, revision: str) -> Turb
         return HubUnreachable(
             what,
             redact(f"cannot reach {hub.endpoint} ({reason})"),
-            "Check the network or proxy; with a complete local copy, run "
-            "with HF_HUB_OFFLINE=1 to check it without the network.",
+            "Check the network or proxy (HF_ENDPOINT, HTTPS_PROXY) and re-run: it resumes. "
+            "A complete copy needs no network; this one is not complete yet.",
         )
     else:
         return TurboError(
@@ -948,7 +948,10 @@ def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
         files=tuple(entries),
         fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
         requested_revision=req.revision,
-        endpoint=plan.hub.endpoint,
+        # What was asked for: a later run with other patterns must ask the hub again.
+        extra={"include": list(req.include)},
+        # The manifest outlives the run and travels to other machines: no credentials in it.
+        endpoint=strip_url_credentials(plan.hub.endpoint),
     )
     problems = check_local(req.dest, manifest)
     if problems:
@@ -1089,6 +1092,10 @@ def fetch_model(
     if req.offline:
         log(f"offline check of {req.dest}")
         return check_offline(req)
+    local = complete_locally(req)
+    if local is not None:
+        log(f"{req.dest}: complete per its manifest (sizes checked); hub not asked")
+        return local
     h = hub or hub_from_env()
     log(f"planning {req.repo}@{req.revision} into {req.dest} via {h.endpoint}")
     plan = make_plan(req, h)
@@ -1117,6 +1124,50 @@ def fetch_model(
         raise refusal
     check_disk(plan)
     return execute(plan, log)
+
+
+def complete_locally(req: Request) -> FetchResult | None:
+    """A complete, manifest-checked copy needs no network: sizes against the manifest, a
+    stat per file (no hashing), and the hub is not asked. None when the hub must be asked:
+    --verify, another --revision, other include patterns than those recorded, an unusable
+    manifest, an unfinished run (a staging record), or anything missing or wrong-sized."""
+    if req.verify:
+        return None
+    try:
+        m = read_manifest(req.dest)
+    except TurboError:
+        return None  # make_plan says why (or rebuilds it)
+    if m is None or m.repo != req.repo or read_record(req.dest) is not None:
+        return None
+    if req.revision_source == "--revision" and req.revision != m.revision:
+        return None
+    recorded = m.extra.get("include")
+    if recorded is not None and list(recorded) != list(req.include):
+        return None
+    if not all(wanted(f.path, req.include) for f in m.files):
+        return None
+    try:
+        if check_local(req.dest, m):
+            return None
+    except TurboError:
+        return None  # a manifest entry leading out of the dir: planning refuses it
+    return FetchResult(
+        repo=m.repo,
+        revision=m.revision,
+        dest=req.dest,
+        dry_run=req.dry_run,
+        offline=False,
+        total_bytes=m.total_bytes,
+        weights_bytes=m.weights_bytes,
+        download_bytes=0,
+        free_bytes=None,
+        files=[{"path": f.path, "size": f.size, "state": "have"} for f in m.files],
+        manifest=str(manifest_path(req.dest)),
+        notes=[
+            "complete per its manifest (every file at its recorded size); hub not asked. "
+            "--verify re-hashes every file against the hub"
+        ],
+    )
 
 
 def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResult:

@@ -358,7 +358,7 @@ def file_target(value: str) -> None:
     p = Path(value).expanduser()
     if p.is_dir():
         raise OptionError("is a directory", "Pass a file name")
-    why = unwritable_reason(p)
+    why = unwritable_reason(p, directory=False)
     if why:
         raise OptionError(why, "Pass a file name in a directory you can write")
 

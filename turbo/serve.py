@@ -23,9 +23,29 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from turbo import cluster, endpoint, extra_args, memfit, notify, paths, stamp, vllm_log
+from turbo import (
+    cluster,
+    endpoint,
+    extra_args,
+    logtee,
+    memfit,
+    notify,
+    paths,
+    serve_secrets,
+    stamp,
+    vllm_log,
+)
 from turbo.adopt import gb10_verdict
-from turbo.console import TaskLog, is_secret_key, redact, redact_argv, redact_env, render_table
+from turbo.console import (
+    TaskLog,
+    is_secret_key,
+    known_secrets,
+    redact,
+    redact_argv,
+    redact_env,
+    register_secrets,
+    render_table,
+)
 from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
 from turbo.jsonfile import read_json, write_json_atomic
@@ -146,6 +166,9 @@ def build_plan(
                 value = _fill(value, values, f"profile {prof.name} --{key}")
             argv += _flag_words(key, value)
         argv += prof.extra
+        # A key after -- goes to vLLM's environment, out of `ps` and vLLM's argument log.
+        argv, moved = serve_secrets.move_to_env(argv)
+        env.update(moved)
         # A headless node (the Ray-free worker) serves no HTTP API.
         api = prof.args.get("headless") is not True
     return Plan(
@@ -240,7 +263,7 @@ def memory_fit(
 
 
 def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
-    return bool(environ.get("VLLM_API_KEY")) or any(
+    return bool(environ.get("VLLM_API_KEY") or plan.env.get("VLLM_API_KEY")) or any(
         w == "--api-key" or w.startswith("--api-key=") for w in plan.argv
     )
 
@@ -556,9 +579,9 @@ def _usable_record(rec: dict[str, Any] | None) -> bool:
     )
 
 
-def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Recorded servers that are still alive (stale pid files are removed). Files that are not
-    usable records are left alone and listed in ``corrupt``."""
+def running(corrupt: list[Path] | None = None, prune: bool = True) -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed unless ``prune`` is
+    False). Files that are not usable records are left alone and listed in ``corrupt``."""
     out: list[dict[str, Any]] = []
     d = paths.run_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -573,10 +596,23 @@ def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
             continue
         pid = int(rec["pid"])
         if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+            if not _leads_own_session(pid):
+                # serve starts vLLM in a session of its own; a live process that is not a
+                # session leader is not ours, whatever the file says: never signal its group.
+                if corrupt is not None:
+                    corrupt.append(f)
+                continue
             out.append(rec)
-        else:
+        elif prune:
             f.unlink(missing_ok=True)
     return out
+
+
+def _leads_own_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def _corrupt_pid_files(files: list[Path]) -> TurboError:
@@ -697,7 +733,8 @@ def _after_start(
     log_path: Path,
     stopping: threading.Event | None,
 ) -> None:
-    ep = endpoint.endpoint_for(plan.host, plan.port)
+    # A key given after -- lives in plan.env (serve_secrets): the warm-up request needs it too.
+    ep = endpoint.endpoint_for(plan.host, plan.port, api_key=plan.env.get("VLLM_API_KEY"))
     waited = wait_healthy(
         ep, proc, sup.health_timeout, sup.health_interval, out, log_path, stopping
     )
@@ -741,15 +778,21 @@ def run_detached(plan: Plan, sup: Supervision, out: Out) -> int:
     log.write("argv: " + shlex.join(redact_argv(plan.argv)))
     log.write("env: " + json.dumps(redact_env(plan.env)))
     log.close()
-    with log.path.open("a") as fh:
-        proc = subprocess.Popen(
+    # vLLM outlives this command: a redacting tee stays behind to keep secrets out of the log.
+    tee = logtee.start(log.path, known_secrets())
+    assert tee.stdin is not None
+    try:
+        proc = logtee.TeedProcess(
             argv,
             env={**os.environ, **plan.env},
-            stdout=fh,
+            stdout=tee.stdin,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        proc.tee = tee
+    finally:
+        tee.stdin.close()
     pidf = record(plan, proc.pid, log.path)
     out(f"started pid {proc.pid}; log {log.path}")
     try:
@@ -806,7 +849,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
         def tee() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                console.write(line)
+                console.write(redact(line))
                 console.flush()
                 log.write(line)
                 progress.offer(redact(line))
@@ -836,11 +879,16 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
 
 # ------------------------------------------------------------------------------ stop
 def stop(
-    port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
+    port: int | None = None,
+    everything: bool = False,
+    timeout: float = 60.0,
+    out: Out = print,
+    dry_run: bool = False,
 ) -> int:
-    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
+    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``.
+    ``dry_run`` names what would be stopped and signals and removes nothing."""
     corrupt: list[Path] = []
-    recs = running(corrupt)
+    recs = running(corrupt, prune=not dry_run)
     if port is not None:
         recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
     if not recs:
@@ -851,6 +899,17 @@ def stop(
     if len(recs) > 1 and not everything and port is None:
         listing = ", ".join(f"{r.get('profile')} (port {r.get('port')})" for r in recs)
         raise UsageError("stop", f"several are running: {listing}", "Pass --port N or --all.")
+    if dry_run:
+        for rec in recs:
+            how = (
+                "`ray stop`"
+                if rec.get("kind") != "serve"
+                else f"SIGTERM to process group {rec.get('pid')}, SIGKILL after {timeout:.0f} s"
+            )
+            out(f"would stop {rec.get('profile')} (port {rec.get('port')}): {how}")
+        if corrupt:
+            out(f"warning: {_corrupt_pid_files(corrupt).line()}")
+        return 0
     for rec in recs:
         f = Path(rec["file"])
         if rec.get("kind") != "serve":
@@ -1030,6 +1089,8 @@ def launch(prep: Prepared, sup: Supervision, *, detach: bool, out: Out = print) 
     if err is not None:
         raise err
     plan = prep.plan
+    # Whatever vLLM prints of these (its argument log) is masked on screen and in logs.
+    register_secrets(serve_secrets.secret_values(plan.argv, plan.env))
     if plan.kind != "serve":
         return run_ray(plan, out)
     if detach:
