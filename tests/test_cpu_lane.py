@@ -274,3 +274,12 @@ def test_serve_passes_json_after_dashes_to_vllm_intact(tmp_path: Path) -> None:
 def test_ray_nodes_accept_any_usable_build() -> None:
     assert serve.build_check(_cpu_stamp(), "any").status == PASS
     assert serve.build_check({"result": "failed"}, "any").status == FAIL
+
+
+def test_doctor_names_an_adopted_cpu_build() -> None:
+    from turbo.doctor import WARN, check_vllm_built
+
+    row = check_vllm_built(_cpu_stamp())  # type: ignore[arg-type]
+    assert row.status == WARN and "adopted vLLM 0.16.0" in row.detail and "cpu build" in row.detail
+    gb10 = {**_cpu_stamp("cuda"), "cubins": {"targets": {}, "gb10": True}}
+    assert check_vllm_built(gb10).status == PASS  # type: ignore[arg-type]

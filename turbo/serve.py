@@ -596,10 +596,23 @@ def running(corrupt: list[Path] | None = None, prune: bool = True) -> list[dict[
             continue
         pid = int(rec["pid"])
         if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+            if not _leads_own_session(pid):
+                # serve starts vLLM in a session of its own; a live process that is not a
+                # session leader is not ours, whatever the file says: never signal its group.
+                if corrupt is not None:
+                    corrupt.append(f)
+                continue
             out.append(rec)
         elif prune:
             f.unlink(missing_ok=True)
     return out
+
+
+def _leads_own_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def _corrupt_pid_files(files: list[Path]) -> TurboError:

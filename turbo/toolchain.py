@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from turbo import doctor, paths
+from turbo import activation, doctor, paths
 from turbo.errors import TurboError
 from turbo.pins import Pins
 
@@ -190,6 +190,19 @@ def check_toolchain(
                 "nvcc",
                 f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
                 "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).",
+            )
+        home = h.env.get("CUDA_HOME") or h.env.get("CUDA_PATH")
+        missing = activation.build_layout_problems(Path(home)) if home else []
+        if home and Path(home).is_dir() and missing:
+            # conda-forge's layout without the activation's view: vLLM's CMake would stop at
+            # torch's FindCUDA a minute in; say it now, with where the headers are.
+            found = activation.find_cuda_include([Path(home)])
+            raise _fail(
+                "cuda headers",
+                f"{home} lacks {', '.join(missing)}, where vLLM's CMake and torch look"
+                + (f" (the headers are in {found})" if found else ""),
+                "Run through pixi (`pixi run build-vllm`: its activation script makes the "
+                "view CUDA_HOME points at) or set CUDA_HOME to a standard-layout CUDA 13.",
             )
         ptx = doctor.check_ptxas_sm121a(h)
         if ptx.status != doctor.PASS:
