@@ -179,3 +179,13 @@ def test_cli_dry_run_reports_the_refusal(hub: HubServer, tmp_path: Path) -> None
     assert adopt.returncode == 0, adopt.stderr
     assert (dest / "notes.txt").read_bytes() == before["notes.txt"]
     assert read_manifest(dest) is not None and (dest / MANIFEST_NAME).is_file()
+
+
+def test_dry_run_without_the_hub_still_reports_the_refusal(tmp_path: Path) -> None:
+    dest = tmp_path / "model"
+    dest.mkdir()
+    foreign_files(dest)
+    proc = invoke("--dest", str(dest), "--dry-run", env=cli_env(None, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "hub not consulted" in proc.stdout
+    assert "would refuse" in proc.stdout and "notes.txt" in proc.stdout

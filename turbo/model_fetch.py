@@ -1186,7 +1186,7 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
         free_bytes=free,
         files=[{"path": pat, "size": None, "state": "pattern"} for pat in req.include],
         hub_env=hub_env_summary(hub_from_env()),
-        problems=[f"hub not consulted: {err.why}"],
+        problems=[f"hub not consulted: {err.why}", *_foreign_without_hub(req)],
         notes=[
             f"revision {req.revision!r} ({req.revision_source}), not resolved",
             would_request(req, hub_from_env(), "<commit>"),
@@ -1195,6 +1195,29 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
             f"{free / GB:.1f} GB free at {paths.nearest_existing(req.dest)}",
         ],
     )
+
+
+def _foreign_without_hub(req: Request) -> list[str]:
+    """The refusal a real run would start with, judged without the hub's file list: files in
+    a DEST that fetch-model did not make (names matching the include patterns aside)."""
+    dest = req.dest
+    if req.adopt_existing or not dest.is_dir():
+        return []
+    problem = staging_problem(dest)
+    if problem is not None:
+        return [f"would refuse: {problem}"]
+    record = read_record(dest)
+    if record is not None or (dest / MANIFEST_NAME).exists():
+        return []
+    names = {p.name for p in dest.iterdir() if wanted(p.name, req.include)}
+    items = unrelated_entries(dest, names)
+    if staging_dir(dest).is_dir():
+        items.append(f"{STAGING}/ (not made by fetch-model)")
+    if not items:
+        return []
+    return [
+        f"would refuse: it holds files fetch-model did not write: {listing(items)}. {_ADOPT_FIX}"
+    ]
 
 
 def would_request(req: Request, hub: Hub, commit: str) -> str:
