@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from invoke import Program
+from invoke import Exit, Program
 
 import tasks
 from tests.conftest import REPO
@@ -342,3 +342,26 @@ def test_list_descriptions_are_whole_sentences() -> None:
         first = (t.body.__doc__ or "").strip().splitlines()[0]
         assert first.rstrip().endswith((".", "?")), f"{name}: first line is cut: {first!r}"
         assert len(first) <= 100, f"{name}: first docstring line too long for --list"
+
+
+def test_missing_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """invoke's own parse error quotes the argument object: it must read as the flag."""
+    code, _, err = run_inprocess(["serve", "--port"], capsys)
+    assert code != 0 and err.strip() == "Flag --port needed value and was not given one!"
+
+
+def test_a_float_option_without_its_own_check_is_still_one_line() -> None:
+    """invoke casts a float option with float() in its parser, as it does int()."""
+    from turbo.options import CheckedTask
+
+    def body(c: object, share: float = 0.5) -> None:
+        raise AssertionError("the task must not run")
+
+    t = CheckedTask(body, name="demo")
+    (arg,) = t.get_arguments()
+    for bad in ("lots", "", "nan"):
+        with pytest.raises(Exit) as exc:
+            arg.set_value(bad)
+        assert exc.value.code == 2 and "--share" in str(exc.value.message)
+    arg.set_value("0.25")
+    assert arg.value == 0.25

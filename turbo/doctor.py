@@ -330,6 +330,25 @@ def check_vllm_built(stamp: dict[str, object] | None) -> Check:
             f"last build result: {stamp.get('result')}",
             "Re-run `pixi run build-vllm`; it resumes.",
         )
+    source = stamp.get("source")
+    if isinstance(source, dict) and source.get("kind") == "adopted":
+        # `invoke adopt-vllm`: installed elsewhere; GPU profiles still need GB10 code.
+        from turbo.adopt import gb10_verdict
+
+        what = (
+            f"adopted vLLM {stamp.get('vllm_version')} ({source.get('dist')}, target "
+            f"{stamp.get('target')}) at {source.get('path')}"
+        )
+        why = gb10_verdict(stamp)
+        if why is not None:
+            return Check(
+                "vllm build",
+                WARN,
+                f"{what}: {why}",
+                "Fine for `--profile cpu`; build for GB10 (`pixi run build-vllm`) to serve on "
+                "the Spark's GPU.",
+            )
+        return Check("vllm build", PASS, what)
     return Check(
         "vllm build",
         PASS,
