@@ -14,6 +14,7 @@ from tests.serve_fixtures import complete_model
 from turbo import adopt, cpu_vllm, extra_args, serve, stamp, vllm_log
 from turbo.doctor import FAIL, PASS, Check, Host
 from turbo.errors import TurboError, UsageError
+from turbo.manifest import read_manifest
 from turbo.pins import load_pins
 from turbo.profiles import Overrides, load_book, resolve
 
@@ -201,7 +202,7 @@ def _shard(path: Path, tensors: dict[str, int]) -> None:
 
 
 def _checkpoint(d: Path) -> Path:
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"architectures": ["Qwen3NextForCausalLM"]}))
     _shard(d / "a.safetensors", {"x": 16, "y": 8})
     _shard(d / "b.safetensors", {"z": 4})
@@ -283,3 +284,17 @@ def test_doctor_names_an_adopted_cpu_build() -> None:
     assert row.status == WARN and "adopted vLLM 0.16.0" in row.detail and "cpu build" in row.detail
     gb10 = {**_cpu_stamp("cuda"), "cubins": {"targets": {}, "gb10": True}}
     assert check_vllm_built(gb10).status == PASS  # type: ignore[arg-type]
+
+
+def test_adopt_model_under_a_cache_directory_hashes_every_file(tmp_path: Path) -> None:
+    # `invoke demo` keeps its model under ~/.cache/vllm-turbo: the first version skipped every
+    # file there (".cache" anywhere in the path) and wrote an empty manifest.
+    d = _checkpoint(tmp_path / ".cache" / "m")
+    (d / ".cache").mkdir()
+    (d / ".cache" / "download.lock").write_text("hub's own cache, not the model")
+    adopt.adopt_model(str(d), out=lambda _l: None)
+    m = read_manifest(d)
+    assert m is not None
+    assert sorted(f.path for f in m.files) == [
+        "a.safetensors", "b.safetensors", "config.json", "model.safetensors.index.json"]
+    assert serve.model_problems(d) == []

@@ -136,6 +136,20 @@ def test_verify_with_default_arguments(lane: Lane, server: Any) -> None:
     assert all(c["status"] != "fail" for c in report["checks"]), text
 
 
+def test_a_4xx_is_reported_as_the_servers_answer(lane: Lane, server: Any) -> None:
+    # A name the server does not serve: vLLM answers the chat with 404 and says why; verify
+    # must pass that on (not "is the server running?").
+    res = lane.invoke("verify", "--port", str(server["port"]), "--served-name", "no-such-model",
+                      "--json")
+    assert res.rc == 1, res.stdout + res.stderr
+    steps = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert steps["health"]["status"] == "pass"
+    chat = steps["chat"]
+    assert chat["status"] == "fail"
+    assert "HTTP 404" in chat["detail"] and "no-such-model" in chat["detail"], chat
+    assert "does not exist" in chat["detail"], chat
+
+
 def test_bench_with_default_arguments_agrees_with_vllm_bench(
     lane: Lane, server: Any, cpu_env: cpu_vllm.CpuEnv, tmp_path: Path
 ) -> None:
