@@ -12,20 +12,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_reference() -> Path:
-    """Reference data beside the checkout (the team's shared/ folder), wherever it is cloned:
-    TURBO_SHARED_REFERENCE, then ../shared/reference, then the development workplace's."""
-    candidates = [os.environ.get("TURBO_SHARED_REFERENCE", ""),
-                  str(REPO.parent / "shared" / "reference"), "/work/shared/reference"]
-    for cand in candidates:
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return REPO.parent / "shared" / "reference"
-
-
-SHARED_REFERENCE = _shared_reference()
-
-
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TURBO_HOME", str(tmp_path / "turbo-home"))
