@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from typing import Any
 
 import requests
 
-from turbo import paths
+from turbo import contain, paths
 from turbo.console import redact, render_table, strip_url_credentials
 from turbo.errors import TurboError, UsageError
 from turbo.fetch_dest import (
@@ -401,7 +402,36 @@ def hub_error(exc: BaseException, req: Request, hub: Hub, revision: str) -> Turb
 # --------------------------------------------------------------------------- planning
 def wanted(path: str, include: Iterable[str]) -> bool:
     """Top-level files matching the include patterns: vLLM reads the model dir's root only."""
-    return "/" not in path and any(fnmatch.fnmatchcase(path, pat) for pat in include)
+    return (
+        "/" not in path
+        and contain.lexical_problem(path) is None
+        and any(fnmatch.fnmatchcase(path, pat) for pat in include)
+    )
+
+
+_HEX = {"git_oid": re.compile(r"[0-9a-f]{40}"), "sha256": re.compile(r"[0-9a-f]{64}")}
+
+
+def _checked(f: RemoteFile, req: Request) -> RemoteFile:
+    """A listing is data from the network: its hashes name part files on disk
+    (``.turbo-fetch/<hash>.part``), so anything but plain hex is refused."""
+    for name, pattern in _HEX.items():
+        value = getattr(f, name)
+        if value is not None and not pattern.fullmatch(value):
+            raise TurboError(
+                f"fetch-model {req.repo}",
+                f"the hub listed {f.path} with a malformed {name} {value[:80]!r}; nothing "
+                "was written",
+                "Check HF_ENDPOINT: a mirror or proxy is answering with something that is "
+                "not the Hugging Face API.",
+            )
+    if f.size < 0:
+        raise TurboError(
+            f"fetch-model {req.repo}",
+            f"the hub listed {f.path} with size {f.size}",
+            "Check HF_ENDPOINT.",
+        )
+    return f
 
 
 def _fetch_order(f: RemoteFile) -> tuple[bool, str]:
@@ -431,15 +461,14 @@ def list_remote(req: Request, hub: Hub) -> tuple[str, list[RemoteFile]]:
             if not isinstance(item, RepoFile) or not wanted(item.path, req.include):
                 continue
             lfs = item.lfs
-            files.append(
-                RemoteFile(
-                    path=item.path,
-                    size=int(lfs.size if lfs is not None else item.size),
-                    git_oid=str(item.blob_id),
-                    sha256=str(lfs.sha256) if lfs is not None else None,
-                    xet_hash=getattr(item, "xet_hash", None),
-                )
+            remote = RemoteFile(
+                path=item.path,
+                size=int(lfs.size if lfs is not None else item.size),
+                git_oid=str(item.blob_id),
+                sha256=str(lfs.sha256) if lfs is not None else None,
+                xet_hash=getattr(item, "xet_hash", None),
             )
+            files.append(_checked(remote, req))
     except TurboError:
         raise
     except Exception as exc:
@@ -1186,7 +1215,7 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
         free_bytes=free,
         files=[{"path": pat, "size": None, "state": "pattern"} for pat in req.include],
         hub_env=hub_env_summary(hub_from_env()),
-        problems=[f"hub not consulted: {err.why}"],
+        problems=[f"hub not consulted: {err.why}", *_foreign_without_hub(req)],
         notes=[
             f"revision {req.revision!r} ({req.revision_source}), not resolved",
             would_request(req, hub_from_env(), "<commit>"),
@@ -1195,6 +1224,29 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
             f"{free / GB:.1f} GB free at {paths.nearest_existing(req.dest)}",
         ],
     )
+
+
+def _foreign_without_hub(req: Request) -> list[str]:
+    """The refusal a real run would start with, judged without the hub's file list: files in
+    a DEST that fetch-model did not make (names matching the include patterns aside)."""
+    dest = req.dest
+    if req.adopt_existing or not dest.is_dir():
+        return []
+    problem = staging_problem(dest)
+    if problem is not None:
+        return [f"would refuse: {problem}"]
+    record = read_record(dest)
+    if record is not None or (dest / MANIFEST_NAME).exists():
+        return []
+    names = {p.name for p in dest.iterdir() if wanted(p.name, req.include)}
+    items = unrelated_entries(dest, names)
+    if staging_dir(dest).is_dir():
+        items.append(f"{STAGING}/ (not made by fetch-model)")
+    if not items:
+        return []
+    return [
+        f"would refuse: it holds files fetch-model did not write: {listing(items)}. {_ADOPT_FIX}"
+    ]
 
 
 def would_request(req: Request, hub: Hub, commit: str) -> str:
