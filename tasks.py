@@ -368,13 +368,16 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
 
 @task(help={"port": "Stop only the server on this port.",
             "all": "Stop every recorded server (and `ray stop` for tp2-head/worker).",
-            "timeout": "Seconds to wait after SIGTERM before SIGKILL."},
+            "timeout": "Seconds to wait after SIGTERM before SIGKILL.",
+            "dry_run": "Name the servers that would be stopped; signal nothing."},
       checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
-def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60) -> None:
+def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
+         dry_run: bool = False) -> None:
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
     from turbo import serve as srv
 
-    _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout)))
+    _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout),
+                            dry_run=dry_run))
 
 
 def _progress(line: str) -> None:

@@ -50,8 +50,9 @@ __turbo_cuda_view() {
         esac
         [ -e "$prefix/${target#../../../}" ] || continue
         [ "$(readlink "$view/$name" 2>/dev/null)" = "$target" ] && continue
-        ln -sfn "$target" "$view/.$name.$$" 2>/dev/null &&
-            mv -Tf "$view/.$name.$$" "$view/$name" 2>/dev/null
+        # Braced and `|| true`: a shell sourcing this under `set -e` must survive a failure.
+        { ln -sfn "$target" "$view/.$name.$$" 2>/dev/null &&
+            mv -Tf "$view/.$name.$$" "$view/$name" 2>/dev/null; } || rm -f "$view/.$name.$$" || true
     done
     return 0
 }

@@ -183,6 +183,60 @@ def configure(name: str, tree: Path, env: dict[str, str], work: Path, out: Path,
     return result
 
 
+# Runtime JIT as torch.utils.cpp_extension (and FlashInfer, the same way) does it: the host
+# source includes a CUDA header (-I$CUDA_HOME/include) and the link takes -L$CUDA_HOME/lib64.
+JIT_CUDA = r"""
+#include <torch/extension.h>
+#include <cuda_runtime.h>
+__global__ void add1(float* x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += 1.0f;
+}
+void add_one(torch::Tensor x) {
+  int n = x.numel();
+  add1<<<(n + 255) / 256, 256>>>(x.data_ptr<float>(), n);
+  TORCH_CHECK(cudaGetLastError() == cudaSuccess, "launch failed");
+}
+"""
+JIT_PROBE = """
+import sys, torch
+from torch.utils.cpp_extension import CUDA_HOME, load_inline
+m = load_inline(name="turbo_jit_probe_" + sys.argv[2],
+                cpp_sources="#include <cuda_runtime.h>\\nvoid add_one(torch::Tensor x);",
+                cuda_sources=open(sys.argv[3]).read(), functions=["add_one"],
+                build_directory=sys.argv[1], verbose=True)
+x = torch.zeros(4096, device="cuda")
+m.add_one(x)
+torch.cuda.synchronize()
+print("JIT OK: CUDA_HOME", CUDA_HOME, "sum", float(x.sum()))
+"""
+
+
+def jit_check(name: str, env: dict[str, str], work: Path, out: Path) -> dict[str, Any]:
+    """torch's cpp_extension JIT under an activation; the kernel runs on this machine's GPU
+    (TORCH_CUDA_ARCH_LIST is set to this GPU, not GB10's 12.1a, so the result can run)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    build = work / f"jit-{name}"
+    if build.exists():
+        shutil.rmtree(build)
+    build.mkdir(parents=True)
+    src = work / "jit_probe.cu"
+    src.write_text(JIT_CUDA)
+    run_env = {**env, "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": "4"}
+    log(f"jit {name}: torch.utils.cpp_extension.load_inline")
+    argv = [sys.executable, "-c", JIT_PROBE, str(build), name.replace("-", "_"), str(src)]
+    proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, check=False,
+                          timeout=600)
+    text = proc.stdout + proc.stderr
+    (out / f"jit-{name}.log").write_text(text)
+    keep = re.compile(r"(JIT OK|error|cannot find|No such file|fatal)", re.IGNORECASE)
+    log(f"jit {name}: rc={proc.returncode}")
+    return {"name": name, "rc": proc.returncode, "cuda_home": env.get("CUDA_HOME"),
+            "key_lines": [ln for ln in text.splitlines() if keep.search(ln)][:12]}
+
+
 def compile_units(build: Path, out: Path, timeout: float, jobs: int) -> dict[str, Any]:
     db = json.loads((build / "compile_commands.json").read_text())
     chosen: list[dict[str, Any]] = []
@@ -249,8 +303,22 @@ def main() -> int:
                     help="extra argument for every configure (recorded in the report)")
     ap.add_argument("--compile-only", type=Path, default=None, metavar="BUILD",
                     help="only compile the GB10 units in an already configured build folder")
+    ap.add_argument("--jit-only", action="store_true",
+                    help="only the runtime-JIT check (torch cpp_extension), before and after")
     args = ap.parse_args()
     EXTRA_CMAKE_ARGS.extend(args.cmake_arg)
+    if args.jit_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        prefix = make_conda_forge_prefix(args.cuda_root.resolve(), args.work / "jit-prefix")
+        base = clean_base_env(prefix)
+        envs = {
+            "before": activation.emulate(prefix, manifest_path=args.before_manifest,
+                                         base_env=base),
+            "after": activation.emulate(prefix, manifest_path=args.manifest, base_env=base),
+        }
+        results = [jit_check(n, e, args.work, args.out) for n, e in envs.items()]
+        (args.out / "jit.json").write_text(json.dumps(results, indent=1))
+        return 0 if results[0]["rc"] != 0 and results[1]["rc"] == 0 else 1
     if args.compile_only:
         args.out.mkdir(parents=True, exist_ok=True)
         result = compile_units(args.compile_only, args.out, args.compile_timeout, args.jobs)

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _shared_reference() -> Path:
-    """Reference data beside the checkout (the team's shared/ folder), wherever it is cloned:
-    TURBO_SHARED_REFERENCE, then ../shared/reference, then the development workplace's."""
-    candidates = [os.environ.get("TURBO_SHARED_REFERENCE", ""),
-                  str(REPO.parent / "shared" / "reference"), "/work/shared/reference"]
-    for cand in candidates:
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return REPO.parent / "shared" / "reference"
-
-
-SHARED_REFERENCE = _shared_reference()
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +21,27 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("MODEL", raising=False)
     monkeypatch.delenv("PORT", raising=False)
     yield
+    # Issue 13: no secret a test set may end up in what the product wrote (logs, state, pid
+    # files, units). Checked after every test, with the test's environment still in place.
+    leaks = _secret_leaks([tmp_path / "turbo-home", tmp_path / "systemd-units"])
+    assert not leaks, f"secrets written by the product: {leaks}"
+
+
+_SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_API_KEY")
+_TOKEN_SHAPED = re.compile(rb"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,})\b")
+
+
+def _secret_leaks(roots: list[Path]) -> list[str]:
+    values = [v.encode() for k in _SECRET_VARS if len(v := os.environ.get(k, "")) >= 4]
+    leaks = []
+    for root in roots:
+        for p in root.rglob("*") if root.is_dir() else []:
+            if not p.is_file() or p.is_symlink():
+                continue
+            data = p.read_bytes()
+            if _TOKEN_SHAPED.search(data) or any(v in data for v in values):
+                leaks.append(str(p.relative_to(root.parent)))
+    return leaks
 
 
 # vLLM's real source (the pinned release sdist, see turbo/sdist.py), for the patch and arch tests.

@@ -400,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     # log_non_default_args), secrets included: so does the stand-in, so tests see what a
     # serve log would hold.
     given = {k: v for k, v in vars(args).items() if v != ap.get_default(k)}
-    print(f"INFO non-default args: {given} {unknown}", flush=True)
     spec = json.loads(args.speculative_config) if args.speculative_config else {}
     words = [w for w in args.words if w != "serve"]
     # Like vLLM: --api-key wins over VLLM_API_KEY.
@@ -412,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     srv = StandInServer(args.host, args.port, opts)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
     print(f"stand-in serving {opts.served_name} at {srv.base_url}", flush=True)
+    print(f"INFO non-default args: {given} {unknown}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         srv.serve_forever()
     srv.server_close()

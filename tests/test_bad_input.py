@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from invoke import Program
+from invoke import Exit, Program
 
 import tasks
 from tests.conftest import REPO
@@ -198,6 +198,7 @@ ROWS: dict[tuple[str, str], Row] = {
     ("stop", "port"): PORT,
     ("stop", "all"): FLAG,
     ("stop", "timeout"): Row("x", "", "-1"),
+    ("stop", "dry-run"): FLAG,
     ("verify", "url"): Row("8011", "", "http://127.0.0.1:99999"),
     ("verify", "port"): PORT,
     ("verify", "served-name"): Row("a b", "", NA, "any single word names a model"),
@@ -320,9 +321,47 @@ def test_dry_run_and_json_short_flags_are_one_convention() -> None:
                 assert not shorts & {"n", "j"}, (name, arg.names)
 
 
+# Tasks that only read and report; every other task acts and so has --dry-run.
+READ_ONLY = {"build-stamp", "cluster.detect", "cluster.link-check", "doctor",
+             "kernels.compile-check", "patches.archs", "patches.check", "service.status",
+             "verify"}
+# Acts (minutes of load on the server, files written) but has no --dry-run yet.
+MISSING_DRY_RUN = {"bench"}
+
+
+def test_every_task_that_acts_has_dry_run() -> None:
+    lacking = {n for n, t in TASKS.items()
+               if "dry-run" not in {a.names[0] for a in t.get_arguments()}}
+    assert lacking - READ_ONLY - MISSING_DRY_RUN == set(), "tasks that act need --dry-run"
+    assert lacking >= MISSING_DRY_RUN, "has --dry-run now: drop it from MISSING_DRY_RUN"
+
+
 def test_list_descriptions_are_whole_sentences() -> None:
     """`invoke --list` shows the docstring's first line: it must be one complete sentence."""
     for name, t in TASKS.items():
         first = (t.body.__doc__ or "").strip().splitlines()[0]
         assert first.rstrip().endswith((".", "?")), f"{name}: first line is cut: {first!r}"
         assert len(first) <= 100, f"{name}: first docstring line too long for --list"
+
+
+def test_missing_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """invoke's own parse error quotes the argument object: it must read as the flag."""
+    code, _, err = run_inprocess(["serve", "--port"], capsys)
+    assert code != 0 and err.strip() == "Flag --port needed value and was not given one!"
+
+
+def test_a_float_option_without_its_own_check_is_still_one_line() -> None:
+    """invoke casts a float option with float() in its parser, as it does int()."""
+    from turbo.options import CheckedTask
+
+    def body(c: object, share: float = 0.5) -> None:
+        raise AssertionError("the task must not run")
+
+    t = CheckedTask(body, name="demo")
+    (arg,) = t.get_arguments()
+    for bad in ("lots", "", "nan"):
+        with pytest.raises(Exit) as exc:
+            arg.set_value(bad)
+        assert exc.value.code == 2 and "--share" in str(exc.value.message)
+    arg.set_value("0.25")
+    assert arg.value == 0.25

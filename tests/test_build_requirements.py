@@ -93,3 +93,15 @@ def test_second_build_is_a_no_op_without_network(
     said: list[str] = []
     result = build.build(opts, PINS, host=host, echo=said.append)
     assert result.noop and "nothing to do" in said[-1]
+
+
+def test_toolchain_check_stops_on_conda_forge_layout_without_the_view(tmp_path: Path) -> None:
+    from tests.test_cuda_layout import conda_forge_prefix
+
+    prefix = conda_forge_prefix(tmp_path, "sbsa-linux")
+    host = SparkHost(fake_env={"CUDA_HOME": str(prefix)})
+    with pytest.raises(TurboError) as err:
+        toolchain.check_toolchain(PINS, python=PY, target="cuda", host=host)
+    line = err.value.line()
+    assert "cuda headers" in line and "include/cuda_runtime.h" in line
+    assert str(prefix / "targets" / "sbsa-linux" / "include") in line

@@ -14,6 +14,7 @@ from tests.serve_fixtures import complete_model
 from turbo import adopt, cpu_vllm, extra_args, serve, stamp, vllm_log
 from turbo.doctor import FAIL, PASS, Check, Host
 from turbo.errors import TurboError, UsageError
+from turbo.manifest import read_manifest
 from turbo.pins import load_pins
 from turbo.profiles import Overrides, load_book, resolve
 
@@ -201,7 +202,7 @@ def _shard(path: Path, tensors: dict[str, int]) -> None:
 
 
 def _checkpoint(d: Path) -> Path:
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"architectures": ["Qwen3NextForCausalLM"]}))
     _shard(d / "a.safetensors", {"x": 16, "y": 8})
     _shard(d / "b.safetensors", {"z": 4})
@@ -274,3 +275,94 @@ def test_serve_passes_json_after_dashes_to_vllm_intact(tmp_path: Path) -> None:
 def test_ray_nodes_accept_any_usable_build() -> None:
     assert serve.build_check(_cpu_stamp(), "any").status == PASS
     assert serve.build_check({"result": "failed"}, "any").status == FAIL
+
+
+def test_doctor_names_an_adopted_cpu_build() -> None:
+    from turbo.doctor import WARN, check_vllm_built
+
+    row = check_vllm_built(_cpu_stamp())  # type: ignore[arg-type]
+    assert row.status == WARN and "adopted vLLM 0.16.0" in row.detail and "cpu build" in row.detail
+    gb10 = {**_cpu_stamp("cuda"), "cubins": {"targets": {}, "gb10": True}}
+    assert check_vllm_built(gb10).status == PASS  # type: ignore[arg-type]
+
+
+def test_adopt_model_under_a_cache_directory_hashes_every_file(tmp_path: Path) -> None:
+    # `invoke demo` keeps its model under ~/.cache/vllm-turbo: the first version skipped every
+    # file there (".cache" anywhere in the path) and wrote an empty manifest.
+    d = _checkpoint(tmp_path / ".cache" / "m")
+    (d / ".cache").mkdir()
+    (d / ".cache" / "download.lock").write_text("hub's own cache, not the model")
+    adopt.adopt_model(str(d), out=lambda _l: None)
+    m = read_manifest(d)
+    assert m is not None
+    assert sorted(f.path for f in m.files) == [
+        "a.safetensors", "b.safetensors", "config.json", "model.safetensors.index.json"]
+    assert serve.model_problems(d) == []
+
+
+def test_an_adopted_vllm_and_its_ray_run_from_where_they_were_found(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "env" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("vllm", "ray"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+    built = {**_cpu_stamp(), "vllm_exe": str(bin_dir / "vllm")}
+    model = complete_model(tmp_path / "model")
+    plan = serve.prepare("cpu", PINS, Overrides(model=str(model)),
+                         probe=serve.Probe(host=Host(which=lambda n: None, env={})),
+                         environ={}).plan
+    assert serve._stamped_exe(plan, built).argv[0] == str(bin_dir / "vllm")
+    ray_plan = serve.Plan("tp2-head", "ray-head", "", ["ray", "start", "--head"], {}, "", 0, "",
+                          "", api=False)
+    assert serve._stamped_exe(ray_plan, built).argv[0] == str(bin_dir / "ray")
+    (bin_dir / "ray").unlink()
+    assert serve._stamped_exe(ray_plan, built).argv[0] == "ray"
+
+
+def test_an_interrupted_install_is_redone_and_a_foreign_directory_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURBO_CACHE", str(tmp_path))
+    spec = cpu_vllm.EnvSpec()
+    root = cpu_vllm.env_root(spec)
+    root.mkdir(parents=True)
+    (root / "precious.txt").write_text("not ours")
+    with pytest.raises(TurboError, match="not made by vllm-turbo"):
+        cpu_vllm.ensure_env(spec, progress=lambda _l: None)
+    assert (root / "precious.txt").exists()
+
+    # A half-built one (our .building marker) is removed and built again from the start.
+    (root / "precious.txt").unlink()
+    (root / cpu_vllm.BUILDING).write_text("123\n")
+    (root / "half-installed").write_text("")
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], log: Path, progress: object, what: str) -> None:
+        ran.append(list(cmd))
+        raise TurboError("stop here", "test", "")
+
+    monkeypatch.setattr(cpu_vllm, "_run", fake_run)
+    with pytest.raises(TurboError, match="stop here"):
+        cpu_vllm.ensure_env(spec, progress=lambda _l: None)
+    assert not (root / "half-installed").exists()
+    assert (root / cpu_vllm.BUILDING).exists()  # still marked half-built
+    assert ran[0][1:3] == ["-m", "venv"]
+
+
+def test_tensor_parallel_on_one_numa_node_warns_before_vllm_refuses(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    (sysfs / "devices" / "system" / "node" / "node0").mkdir(parents=True)
+    model = complete_model(tmp_path / "model")
+    probe = serve.Probe(host=Host(which=lambda n: None, env={}), sysfs=sysfs)
+
+    def checks(*extra: str, sets: tuple[str, ...] = ()) -> dict[str, Check]:
+        prep = serve.prepare("cpu", PINS, Overrides(model=str(model), extra=extra, sets=sets),
+                             probe=probe, environ={})
+        return {c.name: c for c in prep.checks}
+
+    assert "cpu binding" not in checks()
+    warn = checks("--tensor-parallel-size", "2")["cpu binding"]
+    assert warn.status == "warn" and "VLLM_CPU_OMP_THREADS_BIND" in warn.fix
+    assert "cpu binding" not in checks("--tensor-parallel-size", "2",
+                                       sets=("env.VLLM_CPU_OMP_THREADS_BIND=0|1",))
+    (sysfs / "devices" / "system" / "node" / "node1").mkdir()
+    assert "cpu binding" not in checks("--tensor-parallel-size=2")

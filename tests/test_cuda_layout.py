@@ -190,3 +190,19 @@ def test_manifest_runs_the_activation_script() -> None:
     env = manifest["activation"]["env"]
     assert env["CUDA_HOME"] == env["CUDA_PATH"] == view
     assert env["CUDACXX"] == view + "/bin/nvcc"
+
+
+def test_activation_survives_set_eu_and_a_blocked_view(tmp_path: Path) -> None:
+    """A user's shell may source pixi's activation under `set -eu`; a folder where a link
+    should go (made by hand) must not kill it, only leave the row to doctor."""
+    prefix = conda_forge_prefix(tmp_path, "x86_64-linux")
+    blocked = prefix / activation.CUDA_VIEW / "include"
+    (blocked / "something").mkdir(parents=True)
+    script = REPO / "scripts" / "activate-cuda-home.sh"
+    run = subprocess.run(["bash", "-euc", f'source "{script}"; echo survived'],
+                         env={"PATH": os.environ["PATH"], "CONDA_PREFIX": str(prefix)},
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "survived", run.stderr
+    view = prefix / activation.CUDA_VIEW
+    assert activation.build_layout_problems(view) == ["include/cuda_runtime.h"]
+    assert not list(view.glob(".*"))  # no temporary link left behind

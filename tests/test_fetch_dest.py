@@ -179,3 +179,32 @@ def test_cli_dry_run_reports_the_refusal(hub: HubServer, tmp_path: Path) -> None
     assert adopt.returncode == 0, adopt.stderr
     assert (dest / "notes.txt").read_bytes() == before["notes.txt"]
     assert read_manifest(dest) is not None and (dest / MANIFEST_NAME).is_file()
+
+
+def test_dry_run_without_the_hub_still_reports_the_refusal(tmp_path: Path) -> None:
+    dest = tmp_path / "model"
+    dest.mkdir()
+    foreign_files(dest)
+    proc = invoke("--dest", str(dest), "--dry-run", env=cli_env(None, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "hub not consulted" in proc.stdout
+    assert "would refuse" in proc.stdout and "notes.txt" in proc.stdout
+
+
+def test_hostile_listing_cannot_name_a_part_outside_staging(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing's sha256 names the part file: '../../x' must never become a path."""
+    real = HubFile.tree_entry
+
+    def crafted(self: HubFile) -> dict[str, object]:
+        entry = real(self)
+        if self.path == SHARD1:
+            entry["lfs"] = {**entry["lfs"], "oid": "../../../escaped"}
+        return entry
+
+    monkeypatch.setattr(HubFile, "tree_entry", crafted)
+    dest = tmp_path / "deep" / "er" / "model"
+    with pytest.raises(TurboError, match="malformed sha256"):
+        model_fetch.fetch_model(request(dest))
+    assert not (tmp_path / "deep").exists()
+    assert not list(tmp_path.rglob("escaped*"))

@@ -32,6 +32,7 @@ needs_analyze = pytest.mark.skipif(
 # The options each profile needs on the command line (the worker profiles need the head).
 PROFILE_OPTS = {
     "vanilla": [],
+    "cpu": [],
     "mtp": [],
     "tp2-head": [],
     "tp2-worker": ["--head", "10.10.0.1"],
@@ -132,8 +133,9 @@ def serve_flags(profile: str) -> list[str]:
     flags = [*PROFILE_OPTS[profile], "--port", "8123"]
     if load_book().profiles[profile]["kind"] == "serve":
         # Words systemd would otherwise take apart: quotes, braces, spaces, $ and %.
-        flags += ["--set", "max-model-len=32768",
-                  "--set", "env.PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $HOME 50%"]
+        flags += ["--set", "env.PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $HOME 50%"]
+        if profile != "cpu":  # the cpu profile leaves vLLM's context length to the model
+            flags += ["--set", "max-model-len=32768"]
     if profile == "mtp":
         flags += ["--set", 'speculative-config={"method": "mtp", "num_speculative_tokens": 3}']
     return flags

@@ -194,3 +194,54 @@ def test_exported_gid_index_that_is_no_number_is_one_line(tmp_path: Path) -> Non
     with pytest.raises(UsageError, match="NCCL_IB_GID_INDEX='abc'"):
         plan_of("tp2-serve", tmp_path, None, {"NCCL_IB_GID_INDEX": "abc",
                                               "HEAD_IP": "192.168.100.10"})
+
+
+def test_stop_dry_run_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live record (a sleeping process group leader stands in for a server)."""
+    import subprocess
+    import sys
+
+    from turbo import paths, serve
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             start_new_session=True)
+    try:
+        run = paths.run_dir()
+        run.mkdir(parents=True)
+        rec = run / "serve-8011.json"
+        rec.write_text(json.dumps({"pid": child.pid, "kind": "serve", "port": 8011,
+                                   "profile": "vanilla",
+                                   "start_time": serve._start_time(child.pid)}))
+        sent: list[int] = []
+        monkeypatch.setattr(serve.os, "killpg", lambda pid, sig: sent.append(pid))
+        lines: list[str] = []
+        assert serve.stop(dry_run=True, out=lines.append) == 0
+        assert sent == [] and rec.exists() and child.poll() is None
+        assert lines == [f"would stop vanilla (port 8011): SIGTERM to process group "
+                         f"{child.pid}, SIGKILL after 60 s"]
+    finally:
+        child.kill()  # os.kill: killpg is the patched one here
+        child.wait()
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HOST": "a b"}, "HOST (environment) 'a b': is not an address to bind. Pass e.g. "
+                      "HOST=127.0.0.1."),
+    ({"SERVED_MODEL_NAME": "my model"}, "not a model name without spaces"),
+])
+def test_text_settings_have_a_shape(env: dict[str, str], words: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        resolve("vanilla", PINS, environ=env)
+    assert words in exc.value.line()
+
+
+def test_model_dir_that_is_a_file_is_named_by_doctor_and_dry_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from turbo import paths
+
+    afile = tmp_path / "model"
+    afile.write_text("not a directory")
+    assert paths.unwritable_reason(afile) == f"{afile} is a file, not a directory"
+    monkeypatch.setenv("MODEL", str(afile))
+    rows = {c.name: c for c in doctor.run_checks(PINS, doctor.Host(env={}))}
+    assert rows["model dir"].status == doctor.FAIL and "is a file" in rows["model dir"].detail

@@ -147,3 +147,23 @@ def test_existing_non_git_directory_is_not_overwritten(upstream: tuple[str, list
         source.fetch_commit(url, wanted, dest)
     assert (dest / "mine.txt").read_text() == "keep"
     shutil.rmtree(dest)
+
+
+def test_moving_a_checkout_never_discards_someone_elses_edits(
+        upstream: tuple[str, list[str]], clone: tuple[source.SourceTree, Path],
+        tmp_path: Path) -> None:
+    """VLLM_SRC may be a developer's own checkout: edits build-vllm did not make stop the move
+    in one line; the build's own (use_existing_torch.py's requirements/ edits) do not."""
+    url, (older, _) = upstream
+    dest = _copy(clone, tmp_path)
+    setup = dest / "setup.py"
+    mine = setup.read_text() + "# my local experiment\n"
+    setup.write_text(mine)
+    with pytest.raises(TurboError, match=r"setup\.py.*stash"):
+        source.fetch_commit(url, older, dest)
+    assert setup.read_text() == mine
+    git(dest, "checkout", "--", "setup.py")
+    req = sorted((dest / "requirements").glob("*.txt"))[0]
+    req.write_text(req.read_text() + "# stripped by use_existing_torch.py\n")
+    tree = source.fetch_commit(url, older, dest)
+    assert tree.commit == older

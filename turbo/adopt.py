@@ -346,7 +346,9 @@ def adopt_model(
         if p.is_file()
         and not p.is_symlink()
         and p.name != MANIFEST_NAME
-        and ".cache" not in p.parts
+        # huggingface_hub's download cache inside the model directory is not the model (the
+        # directory itself may well live under ~/.cache).
+        and ".cache" not in p.relative_to(d).parts
     )
     total = sum(p.stat().st_size for p in files)
     out(

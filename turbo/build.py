@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo import doctor, paths, source, stamp, toolchain
+from turbo import paths, source, stamp, toolchain
 from turbo.console import TaskLog, redact_argv, redact_env
 from turbo.errors import TurboError
+from turbo.host import Host
 from turbo.pins import Pins
 
 # Local-source overrides for the sources vLLM's CMake would otherwise download (air-gapped
@@ -108,7 +109,7 @@ def jobs_rule(
 
 
 def host_jobs(
-    pins: Pins, host: doctor.Host, *, max_jobs: int | None = None, nvcc_threads: int | None = None
+    pins: Pins, host: Host, *, max_jobs: int | None = None, nvcc_threads: int | None = None
 ) -> Jobs:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -223,11 +224,11 @@ def _pretend_version(pins: Pins, commit: str) -> str | None:
 def make_plan(
     opts: BuildOptions,
     pins: Pins,
-    host: doctor.Host | None = None,
+    host: Host | None = None,
     tc: toolchain.Toolchain | None = None,
 ) -> BuildPlan:
     """Everything the build will do, decided up front. Reads the machine, changes nothing."""
-    h = host or doctor.Host()
+    h = host or Host()
     if opts.target not in toolchain.TARGETS:
         raise TurboError(
             "--target",
@@ -468,10 +469,10 @@ def make_plan(
     )
 
 
-def dry_run(opts: BuildOptions, pins: Pins, host: doctor.Host | None = None) -> BuildPlan:
+def dry_run(opts: BuildOptions, pins: Pins, host: Host | None = None) -> BuildPlan:
     """The plan plus what a real run would decide: whether it builds, and whether the toolchain
     checks pass. Runs only read-only probes."""
-    h = host or doctor.Host()
+    h = host or Host()
     plan = make_plan(opts, pins, h)
     try:
         toolchain.check_toolchain(
@@ -784,12 +785,12 @@ def _tree_intact(plan: BuildPlan, old: Mapping[str, Any]) -> str | None:
 
 
 def build(
-    opts: BuildOptions, pins: Pins, *, host: doctor.Host | None = None, echo: Echo = print
+    opts: BuildOptions, pins: Pins, *, host: Host | None = None, echo: Echo = print
 ) -> BuildResult:
     """Build (or say why nothing needs building). Raises TurboError on any failure, after
     recording it in the stamp."""
     t0 = time.monotonic()
-    h = host or doctor.Host()
+    h = host or Host()
     with build_lock():
         plan = make_plan(opts, pins, h)
         old = stamp.read_stamp()

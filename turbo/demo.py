@@ -197,6 +197,8 @@ def run(
             "--tool",
             "builtin",
             "--no-chart",
+            "--model",
+            str(model),
             "--out",
             str(state / "bench"),
         ]

@@ -1,26 +1,23 @@
 """`doctor`: is this host ready to build and serve? One row per fact, each with what to do.
 
-Every probe of the host goes through :class:`Host`, so tests can hand in a fake machine and
-the real one is only touched here.
+Every probe of the host goes through :class:`turbo.host.Host` (re-exported here for existing
+importers), so tests can hand in a fake machine and the real one is only touched there.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from turbo import paths
 from turbo.console import render_table
 from turbo.errors import TurboError
+from turbo.host import Host as Host
+from turbo.host import find_cuda_tool as find_cuda_tool
+from turbo.host import nvidia_smi as nvidia_smi
 from turbo.pins import Pins
 from turbo.profiles import env_port
 from turbo.stamp import read_stamp
@@ -49,49 +46,6 @@ class Check:
     fix: str = ""
 
 
-@dataclass
-class Host:
-    """The machine as doctor sees it. Each field is a probe; tests replace them."""
-
-    machine: Callable[[], str] = platform.machine
-    which: Callable[[str], str | None] = shutil.which
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    meminfo_path: Path = Path("/proc/meminfo")
-
-    def run(self, argv: list[str], timeout: float = 20.0) -> tuple[int, str]:
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return 127, str(exc)
-        return proc.returncode, (proc.stdout + proc.stderr).strip()
-
-    def disk_free_gb(self, path: Path) -> float:
-        return shutil.disk_usage(paths.nearest_existing(path)).free / 1e9
-
-    def port_free(self, host: str, port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-        return True
-
-    def meminfo_gb(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        try:
-            for line in self.meminfo_path.read_text().splitlines():
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if parts and parts[0].isdigit():
-                    out[key] = int(parts[0]) * 1024 / 1e9
-        except OSError:
-            pass
-        return out
-
-
 def check_cpu(host: Host) -> Check:
     arch = host.machine()
     if arch == "aarch64":
@@ -102,20 +56,6 @@ def check_cpu(host: Host) -> Check:
         f"{arch} (a DGX Spark is aarch64)",
         "Fine for tests and development; serving targets a DGX Spark.",
     )
-
-
-def nvidia_smi(host: Host) -> tuple[str, str, str] | None:
-    if not host.which("nvidia-smi"):
-        return None
-    rc, out = host.run(
-        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
-    )
-    if rc != 0 or not out:
-        return None
-    fields = [f.strip() for f in out.splitlines()[0].split(",")]
-    if len(fields) < 3:
-        return None
-    return fields[0], fields[1], fields[2]
 
 
 def check_gpu(host: Host, smi: tuple[str, str, str] | None) -> Check:
@@ -158,16 +98,6 @@ def check_driver(smi: tuple[str, str, str] | None, pins: Pins) -> Check:
         f"{ver} is older than {pins.toolchain.min_driver}",
         f"CUDA {pins.toolchain.cuda} needs driver {pins.toolchain.min_driver}+; update the DGX OS.",
     )
-
-
-def find_cuda_tool(host: Host, tool: str) -> str | None:
-    """A CUDA tool from CUDA_HOME (the pixi env sets it) first, then PATH."""
-    home = host.env.get("CUDA_HOME") or host.env.get("CUDA_PATH")
-    if home:
-        cand = Path(home) / "bin" / tool
-        if cand.exists():
-            return str(cand)
-    return host.which(tool)
 
 
 def check_cuda(host: Host, pins: Pins) -> list[Check]:
@@ -330,6 +260,25 @@ def check_vllm_built(stamp: dict[str, object] | None) -> Check:
             f"last build result: {stamp.get('result')}",
             "Re-run `pixi run build-vllm`; it resumes.",
         )
+    source = stamp.get("source")
+    if isinstance(source, dict) and source.get("kind") == "adopted":
+        # `invoke adopt-vllm`: installed elsewhere; GPU profiles still need GB10 code.
+        from turbo.adopt import gb10_verdict
+
+        what = (
+            f"adopted vLLM {stamp.get('vllm_version')} ({source.get('dist')}, target "
+            f"{stamp.get('target')}) at {source.get('path')}"
+        )
+        why = gb10_verdict(stamp)
+        if why is not None:
+            return Check(
+                "vllm build",
+                WARN,
+                f"{what}: {why}",
+                "Fine for `--profile cpu`; build for GB10 (`pixi run build-vllm`) to serve on "
+                "the Spark's GPU.",
+            )
+        return Check("vllm build", PASS, what)
     return Check(
         "vllm build",
         PASS,

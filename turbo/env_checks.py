@@ -2,7 +2,7 @@
 versions, and whether this pixi environment holds the built vLLM.
 
 Each row is a plain function of what it reads, so tests hand in values; :func:`rows` reads the
-machine (through doctor's Host for commands and variables).
+machine (through turbo.host's Host for commands and variables).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from packaging.version import InvalidVersion, Version
 
 from turbo import activation
 from turbo import vllm_requirements as vr
-from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool
+from turbo.doctor import FAIL, PASS, WARN, Check
+from turbo.host import Host, find_cuda_tool
 
 # The packages whose versions decide whether vLLM imports and builds (issue 11 names them).
 WATCHED = (

@@ -18,12 +18,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from turbo import activation, paths
 from turbo.errors import TurboError, UsageError
+from turbo.host import Host, nvidia_smi
 
 KERNELS_DIR = paths.repo_root() / "kernels"
 HEADER = KERNELS_DIR / "e2m1.cuh"
@@ -314,8 +315,6 @@ def compile_check(
 # --------------------------------------------------------------------------- GPU facts
 def gpu_compute_capability() -> str | None:
     """``"12.1"`` for GPU 0 (via nvidia-smi), or None when there is no usable GPU."""
-    from turbo.doctor import Host, nvidia_smi
-
     smi = nvidia_smi(Host())
     return smi[1] if smi else None
 
@@ -340,7 +339,6 @@ class ProbePlan:
     arch: str
     build_argv: list[str]
     run_argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def probe_plan(arch: str | None = None) -> ProbePlan:

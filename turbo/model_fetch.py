@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from typing import Any
 
 import requests
 
-from turbo import paths
+from turbo import contain, paths
 from turbo.console import redact, render_table, strip_url_credentials
 from turbo.errors import TurboError, UsageError
 from turbo.fetch_dest import (
@@ -386,8 +387,8 @@ def hub_error(exc: BaseException, req: Request, hub: Hub, revision: str) -> Turb
         return HubUnreachable(
             what,
             redact(f"cannot reach {hub.endpoint} ({reason})"),
-            "Check the network or proxy; with a complete local copy, run "
-            "with HF_HUB_OFFLINE=1 to check it without the network.",
+            "Check the network or proxy (HF_ENDPOINT, HTTPS_PROXY) and re-run: it resumes. "
+            "A complete copy needs no network; this one is not complete yet.",
         )
     else:
         return TurboError(
@@ -401,7 +402,36 @@ def hub_error(exc: BaseException, req: Request, hub: Hub, revision: str) -> Turb
 # --------------------------------------------------------------------------- planning
 def wanted(path: str, include: Iterable[str]) -> bool:
     """Top-level files matching the include patterns: vLLM reads the model dir's root only."""
-    return "/" not in path and any(fnmatch.fnmatchcase(path, pat) for pat in include)
+    return (
+        "/" not in path
+        and contain.lexical_problem(path) is None
+        and any(fnmatch.fnmatchcase(path, pat) for pat in include)
+    )
+
+
+_HEX = {"git_oid": re.compile(r"[0-9a-f]{40}"), "sha256": re.compile(r"[0-9a-f]{64}")}
+
+
+def _checked(f: RemoteFile, req: Request) -> RemoteFile:
+    """A listing is data from the network: its hashes name part files on disk
+    (``.turbo-fetch/<hash>.part``), so anything but plain hex is refused."""
+    for name, pattern in _HEX.items():
+        value = getattr(f, name)
+        if value is not None and not pattern.fullmatch(value):
+            raise TurboError(
+                f"fetch-model {req.repo}",
+                f"the hub listed {f.path} with a malformed {name} {value[:80]!r}; nothing "
+                "was written",
+                "Check HF_ENDPOINT: a mirror or proxy is answering with something that is "
+                "not the Hugging Face API.",
+            )
+    if f.size < 0:
+        raise TurboError(
+            f"fetch-model {req.repo}",
+            f"the hub listed {f.path} with size {f.size}",
+            "Check HF_ENDPOINT.",
+        )
+    return f
 
 
 def _fetch_order(f: RemoteFile) -> tuple[bool, str]:
@@ -431,15 +461,14 @@ def list_remote(req: Request, hub: Hub) -> tuple[str, list[RemoteFile]]:
             if not isinstance(item, RepoFile) or not wanted(item.path, req.include):
                 continue
             lfs = item.lfs
-            files.append(
-                RemoteFile(
-                    path=item.path,
-                    size=int(lfs.size if lfs is not None else item.size),
-                    git_oid=str(item.blob_id),
-                    sha256=str(lfs.sha256) if lfs is not None else None,
-                    xet_hash=getattr(item, "xet_hash", None),
-                )
+            remote = RemoteFile(
+                path=item.path,
+                size=int(lfs.size if lfs is not None else item.size),
+                git_oid=str(item.blob_id),
+                sha256=str(lfs.sha256) if lfs is not None else None,
+                xet_hash=getattr(item, "xet_hash", None),
             )
+            files.append(_checked(remote, req))
     except TurboError:
         raise
     except Exception as exc:
@@ -948,6 +977,8 @@ def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
         files=tuple(entries),
         fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
         requested_revision=req.revision,
+        # What was asked for: a later run with other patterns must ask the hub again.
+        extra={"include": list(req.include)},
         # The manifest outlives the run and travels to other machines: no credentials in it.
         endpoint=strip_url_credentials(plan.hub.endpoint),
     )
@@ -1090,6 +1121,10 @@ def fetch_model(
     if req.offline:
         log(f"offline check of {req.dest}")
         return check_offline(req)
+    local = complete_locally(req)
+    if local is not None:
+        log(f"{req.dest}: complete per its manifest (sizes checked); hub not asked")
+        return local
     h = hub or hub_from_env()
     log(f"planning {req.repo}@{req.revision} into {req.dest} via {h.endpoint}")
     plan = make_plan(req, h)
@@ -1120,6 +1155,50 @@ def fetch_model(
     return execute(plan, log)
 
 
+def complete_locally(req: Request) -> FetchResult | None:
+    """A complete, manifest-checked copy needs no network: sizes against the manifest, a
+    stat per file (no hashing), and the hub is not asked. None when the hub must be asked:
+    --verify, another --revision, other include patterns than those recorded, an unusable
+    manifest, an unfinished run (a staging record), or anything missing or wrong-sized."""
+    if req.verify:
+        return None
+    try:
+        m = read_manifest(req.dest)
+    except TurboError:
+        return None  # make_plan says why (or rebuilds it)
+    if m is None or m.repo != req.repo or read_record(req.dest) is not None:
+        return None
+    if req.revision_source == "--revision" and req.revision != m.revision:
+        return None
+    recorded = m.extra.get("include")
+    if recorded is not None and list(recorded) != list(req.include):
+        return None
+    if not all(wanted(f.path, req.include) for f in m.files):
+        return None
+    try:
+        if check_local(req.dest, m):
+            return None
+    except TurboError:
+        return None  # a manifest entry leading out of the dir: planning refuses it
+    return FetchResult(
+        repo=m.repo,
+        revision=m.revision,
+        dest=req.dest,
+        dry_run=req.dry_run,
+        offline=False,
+        total_bytes=m.total_bytes,
+        weights_bytes=m.weights_bytes,
+        download_bytes=0,
+        free_bytes=None,
+        files=[{"path": f.path, "size": f.size, "state": "have"} for f in m.files],
+        manifest=str(manifest_path(req.dest)),
+        notes=[
+            "complete per its manifest (every file at its recorded size); hub not asked. "
+            "--verify re-hashes every file against the hub"
+        ],
+    )
+
+
 def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResult:
     """What --dry-run can still say when the hub is unreachable: the pinned plan."""
     size = int(pins.model.size_gb * GB) if req.repo in pins.model.variants.values() else 0
@@ -1136,7 +1215,7 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
         free_bytes=free,
         files=[{"path": pat, "size": None, "state": "pattern"} for pat in req.include],
         hub_env=hub_env_summary(hub_from_env()),
-        problems=[f"hub not consulted: {err.why}"],
+        problems=[f"hub not consulted: {err.why}", *_foreign_without_hub(req)],
         notes=[
             f"revision {req.revision!r} ({req.revision_source}), not resolved",
             would_request(req, hub_from_env(), "<commit>"),
@@ -1145,6 +1224,29 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResul
             f"{free / GB:.1f} GB free at {paths.nearest_existing(req.dest)}",
         ],
     )
+
+
+def _foreign_without_hub(req: Request) -> list[str]:
+    """The refusal a real run would start with, judged without the hub's file list: files in
+    a DEST that fetch-model did not make (names matching the include patterns aside)."""
+    dest = req.dest
+    if req.adopt_existing or not dest.is_dir():
+        return []
+    problem = staging_problem(dest)
+    if problem is not None:
+        return [f"would refuse: {problem}"]
+    record = read_record(dest)
+    if record is not None or (dest / MANIFEST_NAME).exists():
+        return []
+    names = {p.name for p in dest.iterdir() if wanted(p.name, req.include)}
+    items = unrelated_entries(dest, names)
+    if staging_dir(dest).is_dir():
+        items.append(f"{STAGING}/ (not made by fetch-model)")
+    if not items:
+        return []
+    return [
+        f"would refuse: it holds files fetch-model did not write: {listing(items)}. {_ADOPT_FIX}"
+    ]
 
 
 def would_request(req: Request, hub: Hub, commit: str) -> str:

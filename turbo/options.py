@@ -57,6 +57,11 @@ class CheckedArgument(Argument):
     check: Check | None = None
     allow_empty: bool = False
 
+    def __repr__(self) -> str:
+        # invoke puts this into its own one-line errors ("Flag --port needed value and was
+        # not given one!"); the flag as typed reads better than the class name.
+        return f"--{self.names[0]}"
+
     def set_value(self, value: Any, cast: bool = True) -> None:
         if cast and self.kind is not bool and not self.incrementable:
             try:
@@ -69,6 +74,8 @@ class CheckedArgument(Argument):
         text = str(value)
         if self.kind is int:
             parsed: Any = whole_number(text)
+        elif self.kind is float:
+            parsed = number(text)
         else:
             if text.strip() == "" and not self.allow_empty:
                 raise OptionError(
@@ -147,6 +154,16 @@ def whole_number(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise OptionError("is not a whole number", "Pass digits only, e.g. 8") from None
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise OptionError("is not a number", "Pass digits, e.g. 0.8 or 273") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise OptionError("is not a finite number", "Pass digits, e.g. 0.8 or 273")
+    return value
 
 
 def int_range(lo: int, hi: int | None = None, unit: str = "") -> Check:
@@ -358,7 +375,7 @@ def file_target(value: str) -> None:
     p = Path(value).expanduser()
     if p.is_dir():
         raise OptionError("is a directory", "Pass a file name")
-    why = unwritable_reason(p)
+    why = unwritable_reason(p, directory=False)
     if why:
         raise OptionError(why, "Pass a file name in a directory you can write")
 

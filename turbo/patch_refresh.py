@@ -29,7 +29,7 @@ GENERATED: dict[str, tuple[str, str]] = {
 }
 
 _IDENTITY = "vllm-turbo"
-_EMAIL = "vllm-turbo@users.noreply.invalid"
+_EMAIL = "vllm-turbo@users.noreply.github.com"
 _DATE = "2026-01-01T00:00:00Z"
 
 

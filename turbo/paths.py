@@ -58,14 +58,17 @@ def nearest_existing(path: Path) -> Path:
     return p
 
 
-def unwritable_reason(path: Path) -> str | None:
-    """Why this user cannot create or write ``path``, or None when it can.
+def unwritable_reason(path: Path, *, directory: bool = True) -> str | None:
+    """Why this user cannot create or write ``path`` (a directory unless ``directory`` is
+    False), or None when it can.
 
     The path itself when it exists, else its nearest existing parent, decides: so a model
     directory under ``/data`` that a normal user cannot create is known before any download,
     build or server start (and ``--dry-run`` and ``doctor`` can say so)."""
     p = path.expanduser().absolute()
     base = nearest_existing(p)
+    if directory and base == p and not p.is_dir():
+        return f"{p} is a file, not a directory"
     if base != p and not base.is_dir():
         return f"{base} is a file, so {p} cannot be created"
     if not os.access(base, os.W_OK) or (base.is_dir() and not os.access(base, os.X_OK)):

@@ -253,6 +253,7 @@ class Rule:
     hi: float | None = None
     lo_open: bool = False  # lo itself is not allowed
     note: str = ""
+    pattern: str = ""  # for text: what the whole value must match
 
     def problem(self, value: object) -> str | None:
         """Why a value from a data file does not fit, or None."""
@@ -261,6 +262,9 @@ class Rule:
             return f"must be {want}{_span(self)}"
         if self.kind is bool:
             return None
+        if self.kind is str:
+            ok = isinstance(value, str) and re.fullmatch(self.pattern or ".*", value)
+            return None if ok else f"must be {want}"
         if self.kind in (int, float) and not isinstance(value, int | float):
             return f"must be {want}{_span(self)}"
         if self.kind is int and not isinstance(value, int):
@@ -275,6 +279,9 @@ class Rule:
 # Settings with a known meaning and range. Others keep the type of the value they replace.
 RULES: dict[str, Rule] = {
     "port": Rule(int, 1, 65535, note="a TCP port number"),
+    # An IPv4/IPv6 address or a host name: what vLLM can bind.
+    "host": Rule(str, note="an address to bind", pattern=r"[A-Za-z0-9.:%-]+"),
+    "served-model-name": Rule(str, note="a model name without spaces", pattern=r"\S+"),
     "gpu-memory-utilization": Rule(float, 0, 1, lo_open=True, note="a share of memory"),
     "max-model-len": Rule(int, 1),
     "max-num-seqs": Rule(int, 1),
@@ -314,6 +321,12 @@ def typed_value(
             f"Pass {_KIND_WORDS.get(rule.kind, 'a value')}{span}, "
             f"e.g. {name or key}={_example(rule, current)}.",
         )
+    if rule.pattern and not re.fullmatch(rule.pattern, str(value)):
+        raise UsageError(
+            f"{where} {text!r}",
+            f"is not {what}",
+            f"Pass e.g. {name or key}={_example(rule, current)}.",
+        )
     if rule.kind is float:
         value = float(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -337,7 +350,7 @@ def _span(rule: Rule) -> str:
 
 
 def _example(rule: Rule, current: ArgValue | None) -> str:
-    if current is not None and not isinstance(current, str):
+    if current is not None and current != "":
         return str(current).lower() if isinstance(current, bool) else str(current)
     return {bool: "true", int: str(int(rule.lo or 1)), float: "0.8"}.get(rule.kind, "x")
 

@@ -397,6 +397,9 @@ def preflight(
                 )
         if prof.device == "cpu":
             checks.append(cpu_memory_fit(plan, book, probe, size_gb))
+            bind = cpu_binding_check(plan, probe, environ)
+            if bind is not None:
+                checks.append(bind)
         else:
             gpu = probe.gpu_name()
             checks.append(
@@ -430,7 +433,9 @@ def preflight(
     else:
         # A Ray node only advertises its build; tp2-serve's own checks judge the device.
         checks.append(build_check(built, "any"))
-        ray = probe.host.which("ray")
+        # An adopted vLLM's own `ray` (beside its `vllm`) is what the plan runs.
+        first = Path(plan.argv[0])
+        ray = str(first) if first.is_absolute() and first.is_file() else probe.host.which("ray")
         checks.append(
             Check("ray", PASS, ray)
             if ray
@@ -509,6 +514,40 @@ def cpu_memory_fit(plan: Plan, book: ProfileBook, probe: Probe, size_gb: float) 
     return Check("memory fit", PASS, f"{detail}, {avail:.1f} GB available")
 
 
+def _tensor_parallel(argv: list[str]) -> int:
+    size = 1
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if flag in ("--tensor-parallel-size", "-tp"):
+            text = value if eq else (argv[i + 1] if i + 1 < len(argv) else "1")
+            size = int(text) if text.isdigit() else size
+    return size
+
+
+def cpu_binding_check(plan: Plan, probe: Probe, environ: Mapping[str, str]) -> Check | None:
+    """vLLM's CPU backend binds each tensor-parallel worker's threads to a NUMA node of its
+    own ("auto"); with fewer NUMA nodes than workers on one host it stops with "Not enough
+    allowed NUMA nodes ... Please try to bind threads manually" (seen with TP=2 on a 1-node
+    host). Say so before the launch; two hosts of one node each may well be fine."""
+    tp = _tensor_parallel(plan.argv)
+    if (
+        tp < 2
+        or plan.env.get("VLLM_CPU_OMP_THREADS_BIND")
+        or environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    ):
+        return None
+    nodes = len(list((probe.sysfs / "devices" / "system" / "node").glob("node[0-9]*")))
+    if nodes == 0 or nodes >= tp:
+        return None
+    return Check(
+        "cpu binding",
+        WARN,
+        f"{tp} tensor-parallel CPU workers and {nodes} NUMA node(s) here: vLLM's automatic "
+        "binding needs one node per worker on a host",
+        "Bind by hand, one core list per worker: --set 'env.VLLM_CPU_OMP_THREADS_BIND=0|1'.",
+    )
+
+
 def render_checks(checks: list[Check]) -> str:
     return render_table(
         ["check", "status", "detail", "what to do"],
@@ -579,9 +618,9 @@ def _usable_record(rec: dict[str, Any] | None) -> bool:
     )
 
 
-def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Recorded servers that are still alive (stale pid files are removed). Files that are not
-    usable records are left alone and listed in ``corrupt``."""
+def running(corrupt: list[Path] | None = None, prune: bool = True) -> list[dict[str, Any]]:
+    """Recorded servers that are still alive (stale pid files are removed unless ``prune`` is
+    False). Files that are not usable records are left alone and listed in ``corrupt``."""
     out: list[dict[str, Any]] = []
     d = paths.run_dir()
     for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -596,10 +635,23 @@ def running(corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
             continue
         pid = int(rec["pid"])
         if _start_time(pid) is not None and _start_time(pid) == rec.get("start_time"):
+            if not _leads_own_session(pid):
+                # serve starts vLLM in a session of its own; a live process that is not a
+                # session leader is not ours, whatever the file says: never signal its group.
+                if corrupt is not None:
+                    corrupt.append(f)
+                continue
             out.append(rec)
-        else:
+        elif prune:
             f.unlink(missing_ok=True)
     return out
+
+
+def _leads_own_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def _corrupt_pid_files(files: list[Path]) -> TurboError:
@@ -866,11 +918,16 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
 
 # ------------------------------------------------------------------------------ stop
 def stop(
-    port: int | None = None, everything: bool = False, timeout: float = 60.0, out: Out = print
+    port: int | None = None,
+    everything: bool = False,
+    timeout: float = 60.0,
+    out: Out = print,
+    dry_run: bool = False,
 ) -> int:
-    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``."""
+    """End recorded servers: SIGTERM to the process group, SIGKILL after ``timeout``.
+    ``dry_run`` names what would be stopped and signals and removes nothing."""
     corrupt: list[Path] = []
-    recs = running(corrupt)
+    recs = running(corrupt, prune=not dry_run)
     if port is not None:
         recs = [r for r in recs if r.get("port") == port and r.get("kind") == "serve"]
     if not recs:
@@ -881,12 +938,30 @@ def stop(
     if len(recs) > 1 and not everything and port is None:
         listing = ", ".join(f"{r.get('profile')} (port {r.get('port')})" for r in recs)
         raise UsageError("stop", f"several are running: {listing}", "Pass --port N or --all.")
+    if dry_run:
+        for rec in recs:
+            how = (
+                "`ray stop`"
+                if rec.get("kind") != "serve"
+                else f"SIGTERM to process group {rec.get('pid')}, SIGKILL after {timeout:.0f} s"
+            )
+            out(f"would stop {rec.get('profile')} (port {rec.get('port')}): {how}")
+        if corrupt:
+            out(f"warning: {_corrupt_pid_files(corrupt).line()}")
+        return 0
     for rec in recs:
         f = Path(rec["file"])
         if rec.get("kind") != "serve":
+            # The `ray` that started the node (an adopted vLLM's), else the one on PATH.
+            argv0 = str((rec.get("argv") or [""])[0])
+            ray_exe = (
+                argv0
+                if Path(argv0).name == "ray" and Path(argv0).is_absolute() and Path(argv0).is_file()
+                else shutil.which("ray")
+            )
             rc = (
-                subprocess.run(["ray", "stop"], check=False, capture_output=True).returncode
-                if shutil.which("ray")
+                subprocess.run([ray_exe, "stop"], check=False, capture_output=True).returncode
+                if ray_exe
                 else 127
             )
             out(f"{rec.get('profile')}: ray stop (exit {rc})")
@@ -1018,10 +1093,14 @@ def prepare(
 
 
 def _stamped_exe(plan: Plan, built: Mapping[str, Any] | None) -> Plan:
-    """An adopted vLLM runs from where `adopt-vllm` found it, whatever PATH says now."""
+    """An adopted vLLM (and the Ray installed beside it) runs from where `adopt-vllm` found it,
+    whatever PATH says now."""
     exe = (built or {}).get("vllm_exe")
-    if plan.argv[:1] == ["vllm"] and isinstance(exe, str) and Path(exe).is_file():
-        return replace(plan, argv=[exe, *plan.argv[1:]])
+    if not isinstance(exe, str) or plan.argv[:1] not in (["vllm"], ["ray"]):
+        return plan
+    tool = Path(exe).parent / plan.argv[0]
+    if tool.is_file():
+        return replace(plan, argv=[str(tool), *plan.argv[1:]])
     return plan
 
 

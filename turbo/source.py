@@ -148,6 +148,7 @@ def fetch_commit(
             return SourceTree(dest, "git", commit, commit)
         if on_tree_change is not None:
             on_tree_change(dest)
+        _refuse_foreign_edits(dest, commit, runner)
         runner(["git", "remote", "set-url", "origin", repo], dest)
         _fetch_step(runner, fetch_argv(repo, commit)[2], dest, repo, commit)
         # -f: files touched by use_existing_torch.py are ours to discard; untracked build
@@ -180,6 +181,33 @@ def fetch_commit(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return SourceTree(dest, "git", commit, commit)
+
+
+def _ours_to_discard(rel: str) -> bool:
+    """Tracked files the build itself edits: use_existing_torch.py strips the torch pins from
+    requirements/*.txt|*.in and pyproject.toml (the patch series was reverted just before)."""
+    return rel == "pyproject.toml" or (
+        rel.startswith("requirements/") and rel.endswith((".txt", ".in"))
+    )
+
+
+def _refuse_foreign_edits(dest: Path, commit: str, runner: Runner) -> None:
+    """``checkout --force`` would discard edits to tracked files: refuse unless the build
+    made them (someone's work in a VLLM_SRC checkout is not ours to throw away)."""
+    status = runner(["git", "status", "--porcelain", "--untracked-files=no"], dest)
+    edited = [line[3:] for line in status.splitlines() if len(line) > 3]
+    foreign = [rel for rel in edited if not _ours_to_discard(rel)]
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (
+            f" and {len(foreign) - 6} more" if len(foreign) > 6 else ""
+        )
+        raise TurboError(
+            f"vLLM source {dest}",
+            f"has edits build-vllm did not make ({shown}); moving it to {commit[:12]} would "
+            "discard them",
+            f"Commit or stash them (git -C {dest} stash), or build this tree as it is "
+            f"with --src {dest}.",
+        )
 
 
 def sdist_version(path: Path) -> str | None:

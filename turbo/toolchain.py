@@ -2,7 +2,7 @@
 
 A build that fails after 40 minutes because ninja is missing is the worst outcome, so every
 check runs first and the first failure stops with one line. Probes go through
-:class:`turbo.doctor.Host` so tests can hand in a fake machine.
+:class:`turbo.host.Host` so tests can hand in a fake machine.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from turbo import doctor, paths
+from turbo import activation, doctor, paths
 from turbo.errors import TurboError
+from turbo.host import Host, find_cuda_tool
 from turbo.pins import Pins
 
 # Build targets we support: "cuda" is the real GB10 build; "empty" is vLLM's own
@@ -78,7 +79,7 @@ def _fail(what: str, why: str, fix: str) -> TurboError:
     return TurboError(f"toolchain check ({what})", why, fix)
 
 
-def probe_python(host: doctor.Host, python: str) -> dict[str, str | None]:
+def probe_python(host: Host, python: str) -> dict[str, str | None]:
     """Facts about the target interpreter and its torch, from a child process."""
     rc, out = host.run([python, "-c", TORCH_PROBE], timeout=60.0)
     last = out.strip().splitlines()[-1] if out.strip() else ""
@@ -102,13 +103,11 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups() if g is not None)
 
 
-def quick_probe(
-    pins: Pins, *, python: str, target: str, host: doctor.Host | None = None
-) -> Toolchain:
+def quick_probe(pins: Pins, *, python: str, target: str, host: Host | None = None) -> Toolchain:
     """Versions only, no verdicts: what the no-op check compares with the stamp (fast)."""
-    h = host or doctor.Host()
+    h = host or Host()
     py = probe_python(h, python)
-    nvcc = doctor.find_cuda_tool(h, "nvcc") if target == "cuda" else None
+    nvcc = find_cuda_tool(h, "nvcc") if target == "cuda" else None
     cuda = None
     if nvcc:
         rc, out = h.run([nvcc, "--version"])
@@ -128,7 +127,7 @@ def quick_probe(
     )
 
 
-def _tool_version(host: doctor.Host, tool: str, name: str, fix: str) -> tuple[str, str]:
+def _tool_version(host: Host, tool: str, name: str, fix: str) -> tuple[str, str]:
     path = host.which(tool)
     if not path:
         raise _fail(name, f"`{tool}` is not on PATH", fix)
@@ -145,7 +144,7 @@ def check_toolchain(
     python: str,
     target: str,
     need_disk_gb: float | None = None,
-    host: doctor.Host | None = None,
+    host: Host | None = None,
 ) -> Toolchain:
     """Every check the build needs, in the order a user would fix them; the first failure
     raises :class:`TurboError` with what to do."""
@@ -153,7 +152,7 @@ def check_toolchain(
         raise TurboError(
             "build target", f"unknown target {target!r}", f"Use one of: {', '.join(TARGETS)}."
         )
-    h = host or doctor.Host()
+    h = host or Host()
     tc = quick_probe(pins, python=python, target=target, host=h)
     if tc.torch_error or not tc.torch:
         raise _fail(
@@ -191,6 +190,19 @@ def check_toolchain(
                 f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
                 "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).",
             )
+        home = h.env.get("CUDA_HOME") or h.env.get("CUDA_PATH")
+        missing = activation.build_layout_problems(Path(home)) if home else []
+        if home and Path(home).is_dir() and missing:
+            # conda-forge's layout without the activation's view: vLLM's CMake would stop at
+            # torch's FindCUDA a minute in; say it now, with where the headers are.
+            found = activation.find_cuda_include([Path(home)])
+            raise _fail(
+                "cuda headers",
+                f"{home} lacks {', '.join(missing)}, where vLLM's CMake and torch look"
+                + (f" (the headers are in {found})" if found else ""),
+                "Run through pixi (`pixi run build-vllm`: its activation script makes the "
+                "view CUDA_HOME points at) or set CUDA_HOME to a standard-layout CUDA 13.",
+            )
         ptx = doctor.check_ptxas_sm121a(h)
         if ptx.status != doctor.PASS:
             raise _fail("ptxas", ptx.detail, ptx.fix)
@@ -226,7 +238,7 @@ def check_toolchain(
         )
         fields["ninja"] = ninja_line
         fields["ccache"] = h.which("ccache")
-        fields["cuobjdump"] = doctor.find_cuda_tool(h, "cuobjdump")
+        fields["cuobjdump"] = find_cuda_tool(h, "cuobjdump")
     need = pins.build.disk_gb if need_disk_gb is None else need_disk_gb
     where = paths.state_dir()
     free = h.disk_free_gb(where)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import build, doctor, paths, stamp, toolchain
+from turbo import build, paths, stamp, toolchain
 from turbo.console import TaskLog
 from turbo.errors import TurboError
+from turbo.host import Host
 from turbo.pins import Pins
 
 STAMP_SUFFIX = ".turbo.json"
@@ -131,7 +132,7 @@ def _fetch(url: str) -> Path:
 
 
 def check_wheel(
-    wheel: Path, pins: Pins, *, python: str, target: str = "cuda", host: doctor.Host | None = None
+    wheel: Path, pins: Pins, *, python: str, target: str = "cuda", host: Host | None = None
 ) -> dict[str, Any]:
     """The wheel's stamp, if this environment can run that build; else one refusal line."""
     spath = stamp_for(wheel)
@@ -199,7 +200,7 @@ def install_wheel(
     no_deps: bool = False,
     dry_run: bool = False,
     echo: build.Echo = print,
-    host: doctor.Host | None = None,
+    host: Host | None = None,
 ) -> dict[str, Any]:
     """Check, install (torch held by a constraint) and record the wheel's stamp here."""
     wheel = _fetch(where) if "://" in where else Path(where).absolute()

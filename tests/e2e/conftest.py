@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from turbo import cpu_vllm, demo
+from turbo import cpu_vllm, demo, paths
 
 if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
     pytest.skip("vLLM's CPU build needs Linux on x86_64/aarch64", allow_module_level=True)
@@ -104,3 +105,25 @@ def pid_alive(pid: int) -> bool:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
+
+def complete(port: int, ids: list[int], n: int) -> dict[str, Any]:
+    r = requests.post(
+        f"http://127.0.0.1:{port}/v1/completions",
+        json={"model": "qwen3-next", "prompt": ids, "max_tokens": n, "temperature": 0,
+              "ignore_eos": True, "return_token_ids": True},
+        timeout=300,
+    )
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def transformers_greedy(env: cpu_vllm.CpuEnv, model: Path, ids: list[int], n: int) -> list[int]:
+    proc = subprocess.run(
+        [str(env.python), "-m", "turbo.tiny_model", "greedy", str(model), "--ids",
+         json.dumps(ids), "--max-new-tokens", str(n)],
+        env={**os.environ, "PYTHONPATH": str(paths.repo_root())},
+        capture_output=True, text=True, check=True, timeout=300,
+    )
+    out: list[int] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out

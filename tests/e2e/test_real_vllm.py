@@ -5,7 +5,6 @@ verify and bench with their default arguments, stop; and a launch that fails in 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,8 +16,16 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.conftest import Lane, pid_alive, port_open, stamp_of, wait_health
-from turbo import cpu_vllm, demo, paths
+from tests.e2e.conftest import (
+    Lane,
+    complete,
+    pid_alive,
+    port_open,
+    stamp_of,
+    transformers_greedy,
+    wait_health,
+)
+from turbo import cpu_vllm, demo, endpoint, paths
 from turbo.manifest import read_manifest
 
 SERVED = "qwen3-next"  # pins' served name: verify and bench ask for it by default
@@ -26,9 +33,13 @@ SERVED = "qwen3-next"  # pins' served name: verify and bench ask for it by defau
 # 2048-token cells: what a small server looks like to the clients.
 MAX_MODEL_LEN = 1024
 EXTRA = (*demo.SERVE_EXTRA, "--max-model-len", str(MAX_MODEL_LEN))
-# `vllm bench serve` and our builtin client measure the same server, one stream at a time; on a
-# shared 2-core machine per-token times wander, so agreement is asserted within 35 %.
-BENCH_TOLERANCE = 0.35
+# `vllm bench serve` and our builtin client measure the same server, one stream at a time. On a
+# shared 2-core machine the server's speed itself drifts between two runs (3x was seen), so each
+# tool is held against the server's own clock for its own requests (vLLM's inter-token latency
+# histogram over the same interval), and the two tools must agree on that ratio within 15 %
+# (measured here: both within 1 % of the server's clock, while the server ran at 178 tok/s for
+# one tool and 114 for the other).
+BENCH_TOLERANCE = 0.15
 
 
 # ------------------------------------------------------------------------------ adopt
@@ -97,35 +108,12 @@ def server(lane: Lane, model: Path) -> Any:
     lane.invoke("stop", "--port", str(port))
 
 
-def _complete(port: int, ids: list[int], n: int) -> dict[str, Any]:
-    r = requests.post(
-        f"http://127.0.0.1:{port}/v1/completions",
-        json={"model": SERVED, "prompt": ids, "max_tokens": n, "temperature": 0,
-              "ignore_eos": True, "return_token_ids": True},
-        timeout=300,
-    )
-    r.raise_for_status()
-    data: dict[str, Any] = r.json()
-    return data
-
-
-def _transformers_greedy(env: cpu_vllm.CpuEnv, model: Path, ids: list[int], n: int) -> list[int]:
-    proc = subprocess.run(
-        [str(env.python), "-m", "turbo.tiny_model", "greedy", str(model), "--ids",
-         json.dumps(ids), "--max-new-tokens", str(n)],
-        env={**os.environ, "PYTHONPATH": str(paths.repo_root())},
-        capture_output=True, text=True, check=True, timeout=300,
-    )
-    out: list[int] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
-
-
 def test_greedy_output_equals_transformers(server: Any, cpu_env: cpu_vllm.CpuEnv) -> None:
     # Prompts that exercise prefill of several lengths, then decode through the conv and
     # recurrent state the plugin keeps in vLLM's caches.
     for ids in ([5, 6, 7, 8, 9], list(range(40, 140, 3))):
-        got = _complete(server["port"], ids, 24)["choices"][0]["token_ids"]
-        want = _transformers_greedy(cpu_env, server["model"], ids, 24)
+        got = complete(server["port"], ids, 24)["choices"][0]["token_ids"]
+        want = transformers_greedy(cpu_env, server["model"], ids, 24)
         assert got == want
 
 
@@ -146,6 +134,20 @@ def test_verify_with_default_arguments(lane: Lane, server: Any) -> None:
     # it must be fitted, not sent and refused.
     assert f"max_model_len {MAX_MODEL_LEN}" in text
     assert all(c["status"] != "fail" for c in report["checks"]), text
+
+
+def test_a_4xx_is_reported_as_the_servers_answer(lane: Lane, server: Any) -> None:
+    # A name the server does not serve: vLLM answers the chat with 404 and says why; verify
+    # must pass that on (not "is the server running?").
+    res = lane.invoke("verify", "--port", str(server["port"]), "--served-name", "no-such-model",
+                      "--json")
+    assert res.rc == 1, res.stdout + res.stderr
+    steps = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert steps["health"]["status"] == "pass"
+    chat = steps["chat"]
+    assert chat["status"] == "fail"
+    assert "HTTP 404" in chat["detail"] and "no-such-model" in chat["detail"], chat
+    assert "does not exist" in chat["detail"], chat
 
 
 def test_bench_with_default_arguments_agrees_with_vllm_bench(
@@ -169,7 +171,18 @@ def test_bench_with_default_arguments_agrees_with_vllm_bench(
         assert sample["first_chunk_tokens"] is not None
         assert sample["output_tokens"] == 128 and sample["prompt_tokens"] == 128
 
-    # vLLM's own benchmark, same server, same cell (128 in, 128 out, one stream, 3 requests).
+    # One cell, 128 in / 128 out, one stream, 3 requests, by each tool in turn; the server's
+    # inter-token latency histogram is read before and after each.
+    m0 = _server_itl(port)
+    res = lane.invoke("bench", "--port", str(port), "--prompt-lens", "128", "--output-lens",
+                      "128", "--repeats", "3", "--tool", "builtin", "--no-chart", "--json",
+                      "--out", str(tmp_path / "ours-cell"))
+    assert res.rc == 0, res.stderr
+    m1 = _server_itl(port)
+    [cell] = json.loads(res.stdout)["cells"]
+    samples = cell["samples"]
+    ours_rate = sum(x["output_tokens"] - x["first_chunk_tokens"] for x in samples) / sum(
+        x["e2e_s"] - x["ttft_s"] for x in samples)
     result_dir = tmp_path / "vllm"
     argv = [
         str(cpu_env.vllm), "bench", "serve", "--backend", "openai",
@@ -181,12 +194,30 @@ def test_bench_with_default_arguments_agrees_with_vllm_bench(
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    m2 = _server_itl(port)
     theirs = json.loads((result_dir / "r.json").read_text())
-    assert theirs["completed"] == 3
-    their_decode = 1000.0 / float(theirs["median_tpot_ms"])
-    print(f"[e2e] decode tok/s: ours {ours['decode_tok_s']:.1f}, vllm bench {their_decode:.1f}; "
-          f"TTFT ms: ours {ours['ttft_ms']:.0f}, vllm bench {theirs['median_ttft_ms']:.0f}")
-    assert abs(ours["decode_tok_s"] - their_decode) <= BENCH_TOLERANCE * their_decode
+    assert theirs["completed"] == 3 and theirs["total_output_tokens"] == 3 * 128
+    their_rate = 1000.0 / float(theirs["mean_tpot_ms"])
+    server_ours, server_theirs = _rate(m0, m1), _rate(m1, m2)
+    print(f"[e2e] decode tok/s, client / server's own clock: ours {ours_rate:.1f} / "
+          f"{server_ours:.1f}, vllm bench serve {their_rate:.1f} / {server_theirs:.1f}; "
+          f"TTFT ms: ours {cell['ttft_ms']:.0f}, vllm bench {theirs['median_ttft_ms']:.0f}")
+    ours_ratio, their_ratio = ours_rate / server_ours, their_rate / server_theirs
+    assert abs(ours_ratio - their_ratio) <= BENCH_TOLERANCE, (ours_ratio, their_ratio)
+    assert abs(ours_ratio - 1) <= BENCH_TOLERANCE
+
+
+def _server_itl(port: int) -> tuple[float, float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    m = endpoint.parse_metrics(text)
+    return m["vllm:inter_token_latency_seconds_sum"], m["vllm:inter_token_latency_seconds_count"]
+
+
+def _rate(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Tokens per second of decode, as the server timed them between two scrapes."""
+    seconds, tokens = after[0] - before[0], after[1] - before[1]
+    assert tokens > 0 and seconds > 0
+    return tokens / seconds
 
 
 def test_stop_ends_the_detached_server(lane: Lane, server: Any) -> None:
@@ -212,7 +243,7 @@ def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, model: Path) -> No
         wait_health(port)
         [rec] = [json.loads(p.read_text()) for p in (lane.home / "run").glob("serve-*.json")]
         vllm_pid = rec["pid"]
-        got = _complete(port, [5, 6, 7], 4)
+        got = complete(port, [5, 6, 7], 4)
         assert len(got["choices"][0]["token_ids"]) == 4
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground task
         out, _ = proc.communicate(timeout=120)
