@@ -16,7 +16,7 @@ from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
 from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
-from turbo.errors import NotBuiltYet, TurboError
+from turbo.errors import TurboError
 from turbo.options import task
 
 T = TypeVar("T")
@@ -35,10 +35,6 @@ def _guard(fn: Callable[[], T]) -> T:
         print("interrupted: nothing is left half-done; re-run the same command to resume.",
               file=sys.stderr)
         raise Exit(code=130) from None
-
-
-def _not_built(stage: str, issue: int) -> None:
-    raise NotBuiltYet(stage, "not built yet in this checkout", f"See issue #{issue}.")
 
 
 # --------------------------------------------------------------------------- doctor
