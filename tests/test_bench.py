@@ -4,6 +4,8 @@ concurrency, failures (never healthy, 500s, dropped stream), outputs, vLLM's own
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,21 @@ def test_tool_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         bench.choose_tool("vllm", str(tmp_path))
     with pytest.raises(TurboError, match="not a tool"):
         bench.choose_tool("llama", str(tmp_path))
+
+
+def test_benchmark_tool_log_is_private_and_restarted(tmp_path: Path) -> None:
+    # The tool's log may quote the server's key: created 0600 whatever the umask, and a re-run
+    # starts it afresh instead of appending to an old run.
+    log = tmp_path / "tool.log"
+    log.write_text("an old run\n")
+    log.chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        argv = [sys.executable, "-c", "print('tool output')"]
+        rc = bench.run_watched(argv, log, endpoint.Endpoint("http://127.0.0.1:9"), {}, 60.0, 10.0,
+                               lambda _line: None)
+    finally:
+        os.umask(old)
+    assert rc == 0
+    assert log.read_text() == "tool output\n"
+    assert log.stat().st_mode & 0o777 == 0o600

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from turbo import endpoint, limit, roofline
-from turbo.console import render_table
+from turbo.console import open_private, render_table
 from turbo.errors import TurboError, UsageError
 from turbo.verify import acceptance
 
@@ -481,7 +481,7 @@ def run_watched(
     start = last_change = time.monotonic()
     last_count = before.get(gen)
     next_note = start + every
-    with log.open("w") as sink:
+    with open_private(log, truncate=True) as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
         try:
             while True:
