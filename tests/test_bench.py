@@ -131,3 +131,22 @@ def test_benchmark_tool_log_is_private_and_restarted(tmp_path: Path) -> None:
     assert rc == 0
     assert log.read_text() == "tool output\n"
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "bench", "--dry-run", "--url", "http://127.0.0.1:9",
+         "--prompt-lens", "128,2048", "--output-lens", "64", "--concurrency", "1,2",
+         "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TURBO_HOME": str(tmp_path / "home")}, check=False)
+    # Port 9 has no server: a real run fails at /health; the plan needs none.
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing sent to http://127.0.0.1:9" in proc.stdout
+    for cell in ("prompt 128, output 64, concurrency 1", "prompt 2048, output 64, concurrency 2"):
+        assert cell in proc.stdout
+    assert "[4/4]" in proc.stdout and "builtin streaming client: 6 chat request(s)" in proc.stdout
+    assert not out.exists() and not (tmp_path / "home").exists()
