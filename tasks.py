@@ -16,7 +16,7 @@ from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
 from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
-from turbo.errors import NotBuiltYet, TurboError
+from turbo.errors import TurboError
 from turbo.options import task
 
 T = TypeVar("T")
@@ -35,10 +35,6 @@ def _guard(fn: Callable[[], T]) -> T:
         print("interrupted: nothing is left half-done; re-run the same command to resume.",
               file=sys.stderr)
         raise Exit(code=130) from None
-
-
-def _not_built(stage: str, issue: int) -> None:
-    raise NotBuiltYet(stage, "not built yet in this checkout", f"See issue #{issue}.")
 
 
 # --------------------------------------------------------------------------- doctor
@@ -442,7 +438,9 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
             "context": "Context length in tokens for --roofline's KV reads (default 2048; a "
                        "bench cell uses its own prompt + half its output).",
             "kv_dtype": "KV-cache dtype for the roofline (default: the profiles' "
-                        "kv-cache-dtype, fp8)."},
+                        "kv-cache-dtype, fp8).",
+            "dry_run": "Print the cells, the tool and its argv per cell, and the files it "
+                       "would write; send nothing, write nothing."},
       checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
               "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
@@ -455,7 +453,7 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
           no_chart: bool = False, timeout: int = 120, roofline: bool = False,
           bandwidth_gbs: float = 0.0, context: int = 0, kv_dtype: str = "",
-          json: bool = False) -> None:
+          json: bool = False, dry_run: bool = False) -> None:
     """Benchmark a running server: decode tok/s, TTFT and MTP acceptance vs the seed's figures.
 
     Per prompt/output length, next to the seed's 36 / 42 / 67 tok/s, each as a share of the
@@ -476,7 +474,7 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
                          concurrency=concurrency, repeats=repeats or None, tool=tool,
                          model=model, out=out, chart=not no_chart, as_json=json,
                          timeout=float(timeout), printer=_progress if json else print,
-                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype))
+                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run))
 
     _guard(go)
 

@@ -4,6 +4,8 @@ concurrency, failures (never healthy, 500s, dropped stream), outputs, vLLM's own
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,40 @@ def test_tool_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         bench.choose_tool("vllm", str(tmp_path))
     with pytest.raises(TurboError, match="not a tool"):
         bench.choose_tool("llama", str(tmp_path))
+
+
+def test_benchmark_tool_log_is_private_and_restarted(tmp_path: Path) -> None:
+    # The tool's log may quote the server's key: created 0600 whatever the umask, and a re-run
+    # starts it afresh instead of appending to an old run.
+    log = tmp_path / "tool.log"
+    log.write_text("an old run\n")
+    log.chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        argv = [sys.executable, "-c", "print('tool output')"]
+        rc = bench.run_watched(argv, log, endpoint.Endpoint("http://127.0.0.1:9"), {}, 60.0, 10.0,
+                               lambda _line: None)
+    finally:
+        os.umask(old)
+    assert rc == 0
+    assert log.read_text() == "tool output\n"
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "bench", "--dry-run", "--url", "http://127.0.0.1:9",
+         "--prompt-lens", "128,2048", "--output-lens", "64", "--concurrency", "1,2",
+         "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TURBO_HOME": str(tmp_path / "home")}, check=False)
+    # Port 9 has no server: a real run fails at /health; the plan needs none.
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing sent to http://127.0.0.1:9" in proc.stdout
+    for cell in ("prompt 128, output 64, concurrency 1", "prompt 2048, output 64, concurrency 2"):
+        assert cell in proc.stdout
+    assert "[4/4]" in proc.stdout and "builtin streaming client: 6 chat request(s)" in proc.stdout
+    assert not out.exists() and not (tmp_path / "home").exists()

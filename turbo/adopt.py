@@ -20,12 +20,13 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from turbo import build, paths, stamp
+from turbo.build_verdict import gb10_verdict as gb10_verdict
 from turbo.errors import TurboError, UsageError
 from turbo.manifest import (
     INDEX_NAME,
@@ -197,18 +198,6 @@ def adopt_vllm(
     out(f"adopted {summary}")
     out(f"stamp: {paths.stamp_path()} (build {stamp.identity_digest(data)[:16]})")
     return data
-
-
-def gb10_verdict(built: Mapping[str, Any]) -> str | None:
-    """Why a stamped vLLM cannot run GPU profiles on GB10; None when it can."""
-    target = built.get("target") or "cuda"
-    if target != "cuda":
-        return f"the stamped vLLM is a {target} build ({built.get('vllm_version') or '?'})"
-    cub = built.get("cubins")
-    if isinstance(cub, Mapping) and cub.get("gb10") is not True:
-        why = cub.get("why") or "none of its cubins targets sm_121/sm_120f"
-        return f"the stamped vLLM has no proven GB10 code ({why})"
-    return None
 
 
 # ------------------------------------------------------------------------------ models

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from turbo import endpoint, limit, roofline
-from turbo.console import render_table
+from turbo.console import open_private, redact_argv, render_table
 from turbo.errors import TurboError, UsageError
 from turbo.verify import acceptance
 
@@ -481,7 +481,7 @@ def run_watched(
     start = last_change = time.monotonic()
     last_count = before.get(gen)
     next_note = start + every
-    with log.open("w") as sink:
+    with open_private(log, truncate=True) as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
         try:
             while True:
@@ -935,6 +935,41 @@ def _ints(text: str, default: Sequence[int], what: str) -> list[int]:
         ) from exc
 
 
+def dry_run_plan(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    *,
+    model: str,
+    grid: Sequence[tuple[int, int, int]],
+    repeats: int,
+    tool: str,
+    out_dir: Path,
+    limit_note: str,
+) -> str:
+    """What a run would send and write, without asking the server anything: the cells, the
+    tool and its argv per cell, the files. Whether a cell fits the server's context is only
+    known from /v1/models, so that check is named, not made."""
+    chosen, reason = choose_tool(tool, model)
+    lines = [
+        f"dry run: nothing sent to {ep.base}, nothing written",
+        f"  served model: {served_name}; tool: {chosen} ({reason}); {repeats} request(s) per "
+        "stream and cell",
+        "  at run time: /health must answer; cells whose prompt + output exceed the server's "
+        "max_model_len (from /v1/models) are skipped with a note",
+    ]
+    for i, (p, o, c) in enumerate(grid, 1):
+        lines.append(f"  [{i}/{len(grid)}] prompt {p}, output {o}, concurrency {c}")
+        if chosen == "vllm":
+            name = f"vllm-p{p}-o{o}-c{c}.json"
+            argv = vllm_bench_argv(ep, served_name, model, p, o, c, repeats, out_dir / "raw", name)
+            lines.append("      " + " ".join(redact_argv(argv)))
+        else:
+            lines.append(f"      builtin streaming client: {repeats * c} chat request(s)")
+    lines.append(f"  roofline: {limit_note or 'from ' + model}")
+    lines.append(f"  would write: {out_dir}/bench.json, bench.md, bench.png, raw/")
+    return "\n".join(lines)
+
+
 def command(
     *,
     url: str,
@@ -953,6 +988,7 @@ def command(
     timeout: float = 120.0,
     bandwidth_gbs: float = 0.0,
     kv_dtype: str = "",
+    dry_run: bool = False,
 ) -> str:
     """What `invoke bench` does after parsing: run the grid, write the files, summarise."""
     from turbo import paths
@@ -966,15 +1002,35 @@ def command(
     model = model or str(paths.model_dir(pins))
     # The copy is measured only on the serving machine: a remote server's GPU is not this one.
     local = urlsplit(ep.base).hostname in endpoint.LOOPBACK
+    p_lens = _ints(prompt_lens, sec.get("prompt_lens", [128]), "prompt-lens")
+    o_lens = _ints(output_lens, sec.get("output_lens", [128]), "output-lens")
+    streams = _ints(concurrency, [1], "concurrency")
+    n_repeats = repeats or int(sec.get("repeats", 3))
+    if dry_run:
+        if not (Path(model) / "config.json").is_file():
+            note = f"no checkpoint at {model} (pass --model DIR for the roofline)"
+        else:
+            note = ""
+        grid = [(p, o, c) for c in streams for p in p_lens for o in o_lens]
+        return dry_run_plan(
+            ep,
+            served_name or pins.serve.served_name,
+            model=model,
+            grid=grid,
+            repeats=n_repeats,
+            tool=tool,
+            out_dir=out_dir,
+            limit_note=note,
+        )
     lim, limit_note = limit.load(model, bandwidth_gbs or None, kv_dtype, measure=local)
     report = run(
         ep,
         served_name or pins.serve.served_name,
         model=model,
-        prompt_lens=_ints(prompt_lens, sec.get("prompt_lens", [128]), "prompt-lens"),
-        output_lens=_ints(output_lens, sec.get("output_lens", [128]), "output-lens"),
-        concurrency=_ints(concurrency, [1], "concurrency"),
-        repeats=repeats or int(sec.get("repeats", 3)),
+        prompt_lens=p_lens,
+        output_lens=o_lens,
+        concurrency=streams,
+        repeats=n_repeats,
         tool=tool,
         seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
         work=out_dir / "raw",

@@ -112,9 +112,11 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path) -> TextIO:
-    """Open ``path`` for appending, created 0600 (never world-readable, whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def open_private(path: Path, truncate: bool = False) -> TextIO:
+    """Open ``path`` for appending (or from empty with ``truncate``), created 0600 (never
+    world-readable, whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(path, flags, 0o600)
     if os.fstat(fd).st_mode & 0o077:
         os.fchmod(fd, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8", errors="replace")

@@ -8,42 +8,26 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from turbo import paths
+from turbo.build_verdict import vllm_build_check
+from turbo.checks import FAIL as FAIL
+from turbo.checks import PASS as PASS
+from turbo.checks import WARN as WARN
+from turbo.checks import Check as Check
+from turbo.checks import exit_code as exit_code
 from turbo.console import render_table
 from turbo.errors import TurboError
+from turbo.host import E2M1_PTX as E2M1_PTX
 from turbo.host import Host as Host
+from turbo.host import check_ptxas_sm121a as check_ptxas_sm121a
 from turbo.host import find_cuda_tool as find_cuda_tool
 from turbo.host import nvidia_smi as nvidia_smi
 from turbo.pins import Pins
 from turbo.profiles import env_port
 from turbo.stamp import read_stamp
-
-PASS, WARN, FAIL = "pass", "warn", "fail"
-
-# A one-instruction kernel: ptxas accepts it only for targets with the E2M1 conversion.
-E2M1_PTX = """.version 9.0
-.target {target}
-.address_size 64
-.visible .entry probe(.param .u64 out) {{
-  .reg .b8 %c; .reg .f32 %a, %b; .reg .u64 %p; .reg .b16 %h;
-  mov.f32 %a, 0f3F800000; mov.f32 %b, 0f40000000;
-  cvt.rn.satfinite.e2m1x2.f32 %c, %a, %b;
-  ld.param.u64 %p, [out]; cvt.u16.u8 %h, %c; st.global.u16 [%p], %h;
-  ret;
-}}
-"""
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
 
 
 def check_cpu(host: Host) -> Check:
@@ -142,26 +126,6 @@ def check_cuda(host: Host, pins: Pins) -> list[Check]:
     return rows
 
 
-def check_ptxas_sm121a(host: Host) -> Check:
-    ptxas = find_cuda_tool(host, "ptxas")
-    name = "ptxas sm_121a (E2M1)"
-    if not ptxas:
-        return Check(name, FAIL, "ptxas not found", "Run inside the pixi environment.")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.ptx"
-        src.write_text(E2M1_PTX.format(target="sm_121a"))
-        rc, out = host.run([ptxas, "-arch=sm_121a", str(src), "-o", str(Path(tmp) / "p.cubin")])
-    if rc == 0:
-        return Check(name, PASS, f"{ptxas} assembles cvt.rn.satfinite.e2m1x2 for sm_121a")
-    first = out.splitlines()[0] if out else f"exit {rc}"
-    return Check(
-        name,
-        FAIL,
-        f"{ptxas} rejects sm_121a: {first}",
-        "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.",
-    )
-
-
 TORCH_PROBE = (
     "import torch; print(torch.__version__, torch.version.cuda, int(torch.cuda.is_available()))"
 )
@@ -246,45 +210,8 @@ def check_pixi(host: Host) -> Check:
 
 
 def check_vllm_built(stamp: dict[str, object] | None) -> Check:
-    if stamp is None:
-        return Check(
-            "vllm build",
-            WARN,
-            f"no build stamp at {paths.stamp_path()}",
-            "Run `pixi run build-vllm` (30-60 min).",
-        )
-    if stamp.get("result") != "ok":
-        return Check(
-            "vllm build",
-            WARN,
-            f"last build result: {stamp.get('result')}",
-            "Re-run `pixi run build-vllm`; it resumes.",
-        )
-    source = stamp.get("source")
-    if isinstance(source, dict) and source.get("kind") == "adopted":
-        # `invoke adopt-vllm`: installed elsewhere; GPU profiles still need GB10 code.
-        from turbo.adopt import gb10_verdict
-
-        what = (
-            f"adopted vLLM {stamp.get('vllm_version')} ({source.get('dist')}, target "
-            f"{stamp.get('target')}) at {source.get('path')}"
-        )
-        why = gb10_verdict(stamp)
-        if why is not None:
-            return Check(
-                "vllm build",
-                WARN,
-                f"{what}: {why}",
-                "Fine for `--profile cpu`; build for GB10 (`pixi run build-vllm`) to serve on "
-                "the Spark's GPU.",
-            )
-        return Check("vllm build", PASS, what)
-    return Check(
-        "vllm build",
-        PASS,
-        f"vLLM {str(stamp.get('commit', '?'))[:12]} built for "
-        f"{stamp.get('arch_list') or 'target ' + str(stamp.get('target', '?'))}",
-    )
+    """serve's "vllm build" verdict for the Spark's GPU, weighed as advice (WARN, not FAIL)."""
+    return vllm_build_check(stamp, "cuda", blocking=False)
 
 
 MODEL_MANIFEST = "turbo-manifest.json"
@@ -412,10 +339,6 @@ def check_service() -> list[Check]:
 
     row = service.doctor_row()
     return [Check(*row)] if row else []
-
-
-def exit_code(checks: list[Check]) -> int:
-    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def render(checks: list[Check]) -> str:

@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from turbo import activation
 from turbo import vllm_requirements as vr
-from turbo.doctor import FAIL, PASS, WARN, Check
+from turbo.checks import FAIL, PASS, WARN, Check
 from turbo.host import Host, find_cuda_tool
 
 # The packages whose versions decide whether vLLM imports and builds (issue 11 names them).

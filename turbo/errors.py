@@ -28,9 +28,3 @@ class UsageError(TurboError):
     """Bad input from the command line (unknown profile, malformed option)."""
 
     exit_code = 2
-
-
-class NotBuiltYet(TurboError):
-    """A task whose stage is not implemented in this checkout."""
-
-    exit_code = 3

@@ -2,9 +2,10 @@
 
 :class:`Host` is how build, serve, doctor and the toolchain checks see the machine (CPU
 architecture, tools on PATH, environment, memory, disk, ports, subprocess output). Tests hand in
-a subclass with fixed answers, so the real machine is only touched here. It sits below every
-command (doctor re-exports it for older importers) and imports nothing of ours but
-:mod:`turbo.paths`.
+a subclass with fixed answers, so the real machine is only touched here. The one probe that
+several stages gate on, whether ptxas can assemble GB10's E2M1 conversion, lives here too. It
+sits below every command (doctor re-exports its names for older importers) and imports nothing
+of ours but :mod:`turbo.paths` and :mod:`turbo.checks`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,26 @@ import platform
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from turbo import paths
+from turbo.checks import FAIL, PASS, Check
+
+# A one-instruction kernel: ptxas accepts it only for targets with the E2M1 conversion.
+E2M1_PTX = """.version 9.0
+.target {target}
+.address_size 64
+.visible .entry probe(.param .u64 out) {{
+  .reg .b8 %c; .reg .f32 %a, %b; .reg .u64 %p; .reg .b16 %h;
+  mov.f32 %a, 0f3F800000; mov.f32 %b, 0f40000000;
+  cvt.rn.satfinite.e2m1x2.f32 %c, %a, %b;
+  ld.param.u64 %p, [out]; cvt.u16.u8 %h, %c; st.global.u16 [%p], %h;
+  ret;
+}}
+"""
 
 
 @dataclass
@@ -87,3 +103,23 @@ def find_cuda_tool(host: Host, tool: str) -> str | None:
         if cand.exists():
             return str(cand)
     return host.which(tool)
+
+
+def check_ptxas_sm121a(host: Host) -> Check:
+    ptxas = find_cuda_tool(host, "ptxas")
+    name = "ptxas sm_121a (E2M1)"
+    if not ptxas:
+        return Check(name, FAIL, "ptxas not found", "Run inside the pixi environment.")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.ptx"
+        src.write_text(E2M1_PTX.format(target="sm_121a"))
+        rc, out = host.run([ptxas, "-arch=sm_121a", str(src), "-o", str(Path(tmp) / "p.cubin")])
+    if rc == 0:
+        return Check(name, PASS, f"{ptxas} assembles cvt.rn.satfinite.e2m1x2 for sm_121a")
+    first = out.splitlines()[0] if out else f"exit {rc}"
+    return Check(
+        name,
+        FAIL,
+        f"{ptxas} rejects sm_121a: {first}",
+        "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.",
+    )

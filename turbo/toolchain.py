@@ -12,9 +12,10 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from turbo import activation, doctor, paths
+from turbo import activation, paths
+from turbo.checks import PASS
 from turbo.errors import TurboError
-from turbo.host import Host, find_cuda_tool
+from turbo.host import Host, check_ptxas_sm121a, find_cuda_tool
 from turbo.pins import Pins
 
 # Build targets we support: "cuda" is the real GB10 build; "empty" is vLLM's own
@@ -203,8 +204,8 @@ def check_toolchain(
                 "Run through pixi (`pixi run build-vllm`: its activation script makes the "
                 "view CUDA_HOME points at) or set CUDA_HOME to a standard-layout CUDA 13.",
             )
-        ptx = doctor.check_ptxas_sm121a(h)
-        if ptx.status != doctor.PASS:
+        ptx = check_ptxas_sm121a(h)
+        if ptx.status != PASS:
             raise _fail("ptxas", ptx.detail, ptx.fix)
         gcc_path, gcc_line = _tool_version(
             h, "gcc", "gcc", "Install gcc 14 (the pixi environment has it)."

@@ -17,10 +17,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from turbo import endpoint
+from turbo.checks import FAIL as FAIL
+from turbo.checks import PASS as PASS
+from turbo.checks import WARN as WARN
 from turbo.console import render_table
 from turbo.errors import TurboError
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+SKIP = "skip"  # a step not tried because an earlier one failed
 QUESTION = "What is 17 + 25? Reply with the number only."
 EXPECTED = "42"
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)

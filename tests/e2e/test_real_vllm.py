@@ -154,10 +154,20 @@ def test_bench_with_default_arguments_agrees_with_vllm_bench(
     lane: Lane, server: Any, cpu_env: cpu_vllm.CpuEnv, tmp_path: Path
 ) -> None:
     port = server["port"]
-    res = lane.invoke("bench", "--port", str(port), "--json", "--out", str(tmp_path / "ours"))
+    # Default grid and options; --model names the checkpoint so every cell gets its roofline.
+    res = lane.invoke("bench", "--port", str(port), "--json", "--out", str(tmp_path / "ours"),
+                      "--model", str(server["model"]))
     assert res.rc == 0, res.stdout[-2000:] + res.stderr
     report = json.loads(res.stdout)
     cells = {(c["prompt_len"], c["output_len"]): c for c in report["cells"]}
+    # The roofline from the tiny checkpoint's headers and this host's measured memory copy (the
+    # CPU backend reads weights from host memory): every measured cell carries its share.
+    assert report["roofline"] is not None, report.get("roofline_note")
+    for cell in cells.values():
+        assert cell["roofline_tok_s"] > 0 and cell["roofline_share"] > 0, cell
+    print("[e2e] roofline shares: "
+          + ", ".join(f"{k}: {c['roofline_share']:.1%} of {c['roofline_tok_s']:.0f} tok/s"
+                      for k, c in sorted(cells.items())))
     # The default grid is 128/2048 x 128/512: the 2048-token prompts cannot fit a 1024-token
     # context, so they are skipped with a note, and the rest are measured.
     assert set(cells) == {(128, 128), (128, 512)}, report
