@@ -415,3 +415,26 @@ def test_cli_fetch_then_offline_check(hub: HubServer, tmp_path: Path) -> None:
     offline = invoke("--offline", "--verify", "--json", env=env)
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["problems"] == []
+
+
+def test_server_ignoring_range_restarts_the_file(hub: HubServer, tmp_path: Path) -> None:
+    """A 200 to a ranged GET is the whole file: the part starts over, not appended to."""
+    dest = tmp_path / "model"
+    size = len(repo_files(hub)[SHARD1].data)
+    hub.state.faults[SHARD1] = Fault(MIB + MIB // 2)
+    with pytest.raises(TurboError, match="interrupted"):
+        model_fetch.fetch_model(request(dest))
+    kept = next((dest / model_fetch.STAGING).glob("*.part")).stat().st_size
+    assert 0 < kept < size
+    hub.state.faults.clear()
+    hub.state.reset_counts()
+    hub.state.ignore_range = True
+    logged: list[str] = []
+    result = model_fetch.fetch_model(request(dest), log=logged.append)
+    assert [g["range"] for g in cdn_gets(hub, SHARD1)] == [f"bytes={kept}-"]
+    assert f"{SHARD1}: server ignored Range; restarting the file" in logged
+    assert not [line for line in logged if "interrupted" in line or "do not match" in line]
+    assert hub.state.bytes_sent[SHARD1] == size
+    assert result.downloaded_bytes >= size  # the whole shard came again (plus small files)
+    assert (dest / SHARD1).read_bytes() == repo_files(hub)[SHARD1].data
+    assert check_local(dest) == []
