@@ -22,6 +22,7 @@ from turbo.console import render_table
 from turbo.errors import TurboError
 from turbo.host import E2M1_PTX as E2M1_PTX
 from turbo.host import Host as Host
+from turbo.host import check_port as check_port
 from turbo.host import check_ptxas_sm121a as check_ptxas_sm121a
 from turbo.host import find_cuda_tool as find_cuda_tool
 from turbo.host import nvidia_smi as nvidia_smi
@@ -247,17 +248,6 @@ def check_model(model_dir: Path) -> Check:
         "model",
         PASS,
         f"{manifest.repo}@{manifest.revision[:12]} complete in {model_dir}",
-    )
-
-
-def check_port(host: Host, bind: str, port: int) -> Check:
-    if host.port_free(bind, port):
-        return Check("serve port", PASS, f"{bind}:{port} is free")
-    return Check(
-        "serve port",
-        WARN,
-        f"{bind}:{port} is in use",
-        "Stop the other server (`invoke stop`) or serve with --port.",
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from turbo import paths
-from turbo.checks import FAIL, PASS, Check
+from turbo.checks import FAIL, PASS, WARN, Check
 
 # A one-instruction kernel: ptxas accepts it only for targets with the E2M1 conversion.
 E2M1_PTX = """.version 9.0
@@ -122,4 +122,19 @@ def check_ptxas_sm121a(host: Host) -> Check:
         FAIL,
         f"{ptxas} rejects sm_121a: {first}",
         "Use CUDA 13.0's ptxas (the pixi environment) and point TRITON_PTXAS_PATH at it.",
+    )
+
+
+def check_port(
+    host: Host, bind: str, port: int, *, name: str = "serve port", blocking: bool = False
+) -> Check:
+    """Is ``bind:port`` free for the server? doctor asks it as advice (in use: WARN), serve's
+    preflight as a launch's gate (in use: FAIL); the detail and the fix are one."""
+    if host.port_free(bind, port):
+        return Check(name, PASS, f"{bind}:{port} is free")
+    return Check(
+        name,
+        FAIL if blocking else WARN,
+        f"{bind}:{port} is in use",
+        "Stop the other server (`invoke stop`) or serve with --port.",
     )

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
-from turbo.pins import Pins
+
+class _ModelLocation(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+class PinnedModel(Protocol):
+    """What :func:`model_dir` needs of the pins (:class:`turbo.pins.Pins` has it). A protocol,
+    not an import: locations stand below the pins, so everything that needs a directory can."""
+
+    @property
+    def model(self) -> _ModelLocation: ...
 
 
 def repo_root() -> Path:
@@ -45,7 +57,7 @@ def run_dir() -> Path:
     return state_dir() / "run"
 
 
-def model_dir(pins: Pins) -> Path:
+def model_dir(pins: PinnedModel) -> Path:
     """The model directory: ``MODEL`` (the seed's name) overrides the pinned default."""
     return Path(os.environ.get("MODEL") or pins.model.path)
 

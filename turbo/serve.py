@@ -53,7 +53,7 @@ from turbo.console import (
 )
 from turbo.errors import TurboError, UsageError
 from turbo.host import Host as Host
-from turbo.host import find_cuda_tool, nvidia_smi
+from turbo.host import check_port, find_cuda_tool, nvidia_smi
 from turbo.jsonfile import read_json, write_json_atomic
 from turbo.manifest import check_local, read_manifest
 from turbo.pins import Pins
@@ -359,17 +359,7 @@ def preflight(
         else:
             checks.append(Check("model", PASS, f"complete per its manifest: {plan.model}"))
         if plan.api:
-            if probe.host.port_free(plan.host, plan.port):
-                checks.append(Check("port", PASS, f"{plan.host}:{plan.port} is free"))
-            else:
-                checks.append(
-                    Check(
-                        "port",
-                        FAIL,
-                        f"{plan.host}:{plan.port} is in use",
-                        "Stop the other server (`invoke stop`) or pass --port.",
-                    )
-                )
+            checks.append(check_port(probe.host, plan.host, plan.port, name="port", blocking=True))
         if prof.device == "cpu":
             checks.append(cpu_memory_fit(plan, book, probe, size_gb))
             bind = cpu_binding_check(plan, probe, environ)
