@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     transformers_greedy,
     wait_health,
 )
+from tests.notify_listener import NotifyListener, notify_env
 from turbo import cpu_vllm, demo, endpoint, paths
 from turbo.manifest import read_manifest
 
@@ -242,14 +243,19 @@ def test_stop_ends_the_detached_server(lane: Lane, server: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ foreground
-def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, model: Path) -> None:
+def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, model: Path, tmp_path: Path) -> None:
     tiny_next = model
     port = demo.free_port()
     argv = [sys.executable, "-m", "invoke", "serve", "--profile", "cpu", "--port", str(port),
             "--model", str(tiny_next), "--no-warmup", "--", *EXTRA]
-    proc = subprocess.Popen(argv, cwd=paths.repo_root(), env=lane.environ,
+    # As under a systemd notify unit: the real vLLM must be healthy before READY=1 arrives.
+    nl = NotifyListener.at(tmp_path).__enter__()
+    proc = subprocess.Popen(argv, cwd=paths.repo_root(), env=notify_env(lane.environ, nl),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        ready = nl.wait_for("READY", timeout=600)
+        assert ready is not None, "no READY=1 from serve"
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
         wait_health(port)
         [rec] = [json.loads(p.read_text()) for p in (lane.home / "run").glob("serve-*.json")]
         vllm_pid = rec["pid"]
@@ -261,6 +267,8 @@ def test_foreground_serve_stops_cleanly_on_sigint(lane: Lane, model: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert nl.wait_for("STOPPING", timeout=5) is not None
+    nl.__exit__(None, None, None)
     assert proc.returncode == 0, out[-3000:]
     assert "vllm serve exited with code" in out
     assert not pid_alive(vllm_pid)
