@@ -14,10 +14,9 @@ from typing import TypeVar
 
 from invoke import Collection, Context, Exit
 
-from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
-from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
+from turbo import roofline as _roofline  # bench's option checks: bandwidth, KV dtypes
 from turbo.errors import TurboError
 from turbo.options import task
 from turbo.outcome import Outcome
@@ -314,16 +313,9 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
     """
     from turbo import verify as ver
 
-    def go() -> int:
-        text, rc = ver.command(url=url, port=port or None, served_name=served_name,
-                               wait_s=wait, max_tokens=max_tokens, as_json=json,
-                               timeout=float(timeout), say=_progress)
-        print(text)
-        return rc
-
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(lambda: ver.command(url=url, port=port or None, served_name=served_name,
+                             wait_s=wait, max_tokens=max_tokens, timeout=float(timeout),
+                             say=_progress), json)
 
 
 @task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
@@ -331,7 +323,7 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
               "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
               "out": opt.dir_target, "timeout": opt.SECONDS,
-              "bandwidth_gbs": _bandwidth.check_gbs, "context": opt.int_range(1, 10**7),
+              "bandwidth_gbs": _roofline.check_gbs, "context": opt.int_range(1, 10**7),
               "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
@@ -347,21 +339,17 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
     """
     from turbo import bench as bn
 
-    def go() -> None:
-        if roofline:
-            from turbo import roofline as rl
-
-            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
-                             kv_dtype=kv_dtype, as_json=json))
-            return
-        print(bn.command(url=url, port=port or None, served_name=served_name,
-                         prompt_lens=prompt_lens, output_lens=output_lens,
-                         concurrency=concurrency, repeats=repeats or None, tool=tool,
-                         model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print,
-                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run))
-
-    _guard(go)
+    if roofline:
+        _run(lambda: _roofline.command(model=model, bandwidth_gbs=bandwidth_gbs,
+                                       context=context, kv_dtype=kv_dtype), json)
+        return
+    _run(lambda: bn.command(url=url, port=port or None, served_name=served_name,
+                            prompt_lens=prompt_lens, output_lens=output_lens,
+                            concurrency=concurrency, repeats=repeats or None, tool=tool,
+                            model=model, out=out, chart=not no_chart,
+                            timeout=float(timeout), printer=_progress if json else print,
+                            bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run),
+         json)
 
 
 @task(name="detect", checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
