@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from invoke import Collection, Context, Exit
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
 
 from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
@@ -51,6 +53,12 @@ def _run(fn: Callable[[], Outcome], as_json: bool = False) -> None:
         print(text)
     if outcome.code:
         raise Exit(code=outcome.code)
+
+
+def _say(as_json: bool) -> Callable[[str], None]:
+    """Where a command's progress goes: stdout beside its result, stderr under --json (so
+    stdout stays the JSON)."""
+    return _progress if as_json else print
 
 
 # --------------------------------------------------------------------------- doctor

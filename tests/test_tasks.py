@@ -121,3 +121,10 @@ def test_cluster_link_check_exit_code(tmp_path: Path, capsys: pytest.CaptureFixt
     log.write_text("NCCL INFO NET/IB : Using [0]rocep1s0f1:1/RoCE\n")
     code, out, _ = _invoke(["cluster.link-check", "--log", str(log)], capsys)
     assert code == 0 and "RDMA over RoCE" in out
+
+
+def test_progress_goes_to_stderr_under_json(capsys: pytest.CaptureFixture[str]) -> None:
+    tasks._say(True)("fetching")
+    tasks._say(False)("building")
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("building\n", "fetching\n")
