@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from invoke import Collection, Context, Exit
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
 
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
@@ -50,6 +52,12 @@ def _run(fn: Callable[[], Outcome], as_json: bool = False) -> None:
         print(text)
     if outcome.code:
         raise Exit(code=outcome.code)
+
+
+def _say(as_json: bool) -> Callable[[str], None]:
+    """Where a command's progress goes: stdout beside its result, stderr under --json (so
+    stdout stays the JSON)."""
+    return _progress if as_json else print
 
 
 # --------------------------------------------------------------------------- doctor
@@ -355,9 +363,9 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
 @task(name="detect", checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
 def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
     """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    _guard(lambda: print(cl.detect_command(sysfs, head or None, json)))
+    _run(lambda: cluster_cli.detect(sysfs, head or None), json)
 
 
 @task(name="link-check", checks={"log": opt.existing_file})
@@ -367,11 +375,9 @@ def cluster_link_check(c: Context, log: str = "") -> None:
     Exits 1 when NCCL fell back to sockets or the log says nothing (NCCL_DEBUG=INFO is set by
     the tp2 profiles).
     """
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    code = _guard(lambda: cl.link_check_command(log or None))
-    if code:
-        raise Exit(code=code)
+    _run(lambda: cluster_cli.link_check(log or None))
 
 
 # --------------------------------------------------------------------------- patches
