@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from turbo import endpoint, limit, roofline
+from turbo import endpoint, limit, roofline, server_url
 from turbo.console import open_private, redact_argv, render_table
 from turbo.errors import TurboError, UsageError
 from turbo.verify import acceptance
@@ -997,7 +997,7 @@ def command(
 
     pins = load_pins()
     sec = load_book().section("bench")
-    ep = endpoint.client_endpoint(url, port)
+    ep = server_url.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
     model = model or str(paths.model_dir(pins))
     # The copy is measured only on the serving machine: a remote server's GPU is not this one.
