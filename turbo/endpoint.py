@@ -378,4 +378,3 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
-

@@ -10,7 +10,7 @@ import os
 
 from turbo.endpoint import Endpoint, endpoint_for, parse_base
 from turbo.pins import load_pins
-from turbo.profiles import env_port
+from turbo.setting_values import env_port
 
 
 def client_endpoint(url: str, port: int | None) -> Endpoint:
