@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from invoke import Collection, Context, Exit
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
 
-from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
-from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
+from turbo import roofline as _roofline  # bench's option checks: bandwidth, KV dtypes
 from turbo.errors import TurboError
 from turbo.options import task
 from turbo.outcome import Outcome
@@ -51,6 +52,12 @@ def _run(fn: Callable[[], Outcome], as_json: bool = False) -> None:
         print(text)
     if outcome.code:
         raise Exit(code=outcome.code)
+
+
+def _say(as_json: bool) -> Callable[[str], None]:
+    """Where a command's progress goes: stdout beside its result, stderr under --json (so
+    stdout stays the JSON)."""
+    return _progress if as_json else print
 
 
 # --------------------------------------------------------------------------- doctor
@@ -314,16 +321,9 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
     """
     from turbo import verify as ver
 
-    def go() -> int:
-        text, rc = ver.command(url=url, port=port or None, served_name=served_name,
-                               wait_s=wait, max_tokens=max_tokens, as_json=json,
-                               timeout=float(timeout), say=_progress)
-        print(text)
-        return rc
-
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(lambda: ver.command(url=url, port=port or None, served_name=served_name,
+                             wait_s=wait, max_tokens=max_tokens, timeout=float(timeout),
+                             say=_progress), json)
 
 
 @task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
@@ -331,7 +331,7 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
               "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
               "out": opt.dir_target, "timeout": opt.SECONDS,
-              "bandwidth_gbs": _bandwidth.check_gbs, "context": opt.int_range(1, 10**7),
+              "bandwidth_gbs": _roofline.check_gbs, "context": opt.int_range(1, 10**7),
               "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
@@ -347,29 +347,25 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
     """
     from turbo import bench as bn
 
-    def go() -> None:
-        if roofline:
-            from turbo import roofline as rl
-
-            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
-                             kv_dtype=kv_dtype, as_json=json))
-            return
-        print(bn.command(url=url, port=port or None, served_name=served_name,
-                         prompt_lens=prompt_lens, output_lens=output_lens,
-                         concurrency=concurrency, repeats=repeats or None, tool=tool,
-                         model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print,
-                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run))
-
-    _guard(go)
+    if roofline:
+        _run(lambda: _roofline.command(model=model, bandwidth_gbs=bandwidth_gbs,
+                                       context=context, kv_dtype=kv_dtype), json)
+        return
+    _run(lambda: bn.command(url=url, port=port or None, served_name=served_name,
+                            prompt_lens=prompt_lens, output_lens=output_lens,
+                            concurrency=concurrency, repeats=repeats or None, tool=tool,
+                            model=model, out=out, chart=not no_chart,
+                            timeout=float(timeout), printer=_progress if json else print,
+                            bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run),
+         json)
 
 
 @task(name="detect", checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
 def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
     """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    _guard(lambda: print(cl.detect_command(sysfs, head or None, json)))
+    _run(lambda: cluster_cli.detect(sysfs, head or None), json)
 
 
 @task(name="link-check", checks={"log": opt.existing_file})
@@ -379,11 +375,9 @@ def cluster_link_check(c: Context, log: str = "") -> None:
     Exits 1 when NCCL fell back to sockets or the log says nothing (NCCL_DEBUG=INFO is set by
     the tp2 profiles).
     """
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    code = _guard(lambda: cl.link_check_command(log or None))
-    if code:
-        raise Exit(code=code)
+    _run(lambda: cluster_cli.link_check(log or None))
 
 
 # --------------------------------------------------------------------------- patches
