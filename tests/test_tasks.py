@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import json
+from pathlib import Path
 
 import pytest
-from invoke import Exit
+from invoke import Exit, Program
 
 import tasks
 from tests.conftest import REPO
+from tests.serve_fixtures import rdma_device
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, checked, done
 from turbo.task_help import options_help
@@ -85,3 +88,43 @@ def test_help_book_has_a_table_per_task_and_no_other() -> None:
 def test_help_comes_from_the_book() -> None:
     assert tasks.serve.help == options_help("serve")
     assert "RoCE" in tasks.serve.help["ifname"]
+
+
+def _invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        Program(namespace=tasks.ns, binary="invoke").run(["invoke", *argv], exit=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cluster_detect_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The loopback interface stands in for the RoCE netdev: its address is real.
+    rdma_device(tmp_path, "rocep1s0f1", "lo", ip="127.0.0.1")
+    code, out, _ = _invoke(["cluster.detect", "--sysfs", str(tmp_path)], capsys)
+    assert code == 0
+    assert out.splitlines()[:3] == ["RoCE netdev:  lo (127.0.0.1)", "RDMA devices: rocep1s0f1",
+                                    "GID index:    3"]
+    code, out, _ = _invoke(["cluster.detect", "--sysfs", str(tmp_path), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and (data["ifname"], data["hca"], data["gid_index"]) == (
+        "lo", ["rocep1s0f1"], 3)
+
+
+def test_cluster_link_check_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "serve-tp2-serve-1.log"
+    log.write_text("NCCL INFO NET/Socket : Using [0]enp1s0f1np1:192.168.100.10<0>\n")
+    code, out, _ = _invoke(["cluster.link-check", "--log", str(log)], capsys)
+    assert code == 1 and out.startswith(f"NCCL transport in {log}: TCP sockets")
+    log.write_text("NCCL INFO NET/IB : Using [0]rocep1s0f1:1/RoCE\n")
+    code, out, _ = _invoke(["cluster.link-check", "--log", str(log)], capsys)
+    assert code == 0 and "RDMA over RoCE" in out
+
+
+def test_progress_goes_to_stderr_under_json(capsys: pytest.CaptureFixture[str]) -> None:
+    tasks._say(True)("fetching")
+    tasks._say(False)("building")
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("building\n", "fetching\n")

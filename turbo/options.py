@@ -147,11 +147,12 @@ class CheckedTask(_TaskBase):
         return arguments
 
 
-def task(*args: Any, **kwargs: Any) -> Any:
-    """invoke's ``@task`` with option checks (``checks=``, ``allow_empty=``) and option help
+def task(**kwargs: Any) -> Callable[[Callable[..., None]], CheckedTask]:
+    """invoke's ``@task(...)`` with option checks (``checks=``, ``allow_empty=``) and option help
     read from turbo/data/help.toml."""
     kwargs.setdefault("klass", CheckedTask)
-    return _invoke_task(*args, **kwargs)
+    decorate: Callable[[Callable[..., None]], CheckedTask] = _invoke_task(**kwargs)
+    return decorate
 
 
 # --------------------------------------------------------------------------- value checks
