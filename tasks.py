@@ -31,7 +31,7 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TurboError as err:
-        from turbo.console import redact
+        from turbo.redact import redact
 
         print(f"error: {redact(err.line())}", file=sys.stderr)  # no secret in any error line
         raise Exit(code=err.exit_code) from None
@@ -623,36 +623,22 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
     Secrets go to a 0600 environment file beside it, never into the unit.
     """
     from turbo import service
-    from turbo.errors import UsageError
 
-    def go() -> int:
-        if user and system:
-            raise UsageError("service.install", "--user and --system both given", "Pick one.")
-        if c.remainder:
-            raise UsageError("service.install", "extra vLLM flags after -- are not carried "
-                             "into a unit", "Use --set key=value for profile settings.")
-        opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
-                                    head=head, node_ip=node_ip, ifname=ifname, hca=hca,
-                                    gid_index=gid_index, health_timeout=health_timeout,
-                                    warmup=warmup)
-        req = service.InstallRequest(profile, service.SYSTEM if system else service.USER,
-                                     name, unit_dir, requires, opts)
-        return service.install(req, dry_run=dry_run, enable=enable, as_json=json)
-
-    _guard(go)
+    opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
+                                head=head, node_ip=node_ip, ifname=ifname, hca=hca,
+                                gid_index=gid_index, health_timeout=health_timeout, warmup=warmup)
+    _run(lambda: service.install(
+        service.request(profile, opts, user=user, system=system, name=name, unit_dir=unit_dir,
+                        requires=requires, extra=c.remainder),
+        dry_run=dry_run, enable=enable), json)
 
 
 @task(name="status", checks={"unit_dir": opt.existing_dir})
 def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     """List vllm-turbo units (user and system) with systemd's active/enabled state."""
-    import dataclasses
-    import json as _json
-
     from turbo import service
 
-    found = _guard(lambda: service.states(unit_dir=unit_dir))
-    print(_json.dumps([dataclasses.asdict(s) for s in found], indent=2) if json
-          else service.render_states(found))
+    _run(lambda: service.status(unit_dir), json)
 
 
 @task(name="uninstall", checks={"name": opt.unit_name, "profile": opt.unit_name,
@@ -662,16 +648,9 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
                       dry_run: bool = False) -> None:
     """Stop, disable and remove a unit written by service.install (never a foreign one)."""
     from turbo import service
-    from turbo.errors import UsageError
 
-    def go() -> int:
-        if not (name or profile):
-            raise UsageError("service.uninstall", "no unit named",
-                                     "Pass --name NAME (see `invoke service.status`).")
-        return service.uninstall(name or profile, service.SYSTEM if system else service.USER,
-                                 purge=purge, dry_run=dry_run, unit_dir=unit_dir)
-
-    _guard(go)
+    _run(lambda: service.uninstall(name or profile, service.SYSTEM if system else service.USER,
+                                   purge=purge, dry_run=dry_run, unit_dir=unit_dir))
 
 
 # --------------------------------------------------------------------------- adopt / demo
@@ -712,9 +691,7 @@ def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -
     here, serve --profile cpu, verify, a short bench, stop: a few minutes."""
     from turbo import demo as dm
 
-    code = _guard(lambda: dm.run(port=port or None, keep=keep, dry_run=dry_run))
-    if code:
-        raise Exit(code=code)
+    _run(lambda: dm.command(port=port or None, keep=keep, dry_run=dry_run))
 
 
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,

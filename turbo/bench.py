@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from turbo import endpoint, limit, proc
+from turbo import endpoint, limit, proc, server_url
 from turbo.bench_client import Meter as Meter
 from turbo.bench_client import Prompts as Prompts
 from turbo.bench_client import measure_one as measure_one
@@ -285,7 +285,7 @@ def command(
 
     pins = load_pins()
     sec = load_book().section("bench")
-    ep = endpoint.client_endpoint(url, port)
+    ep = server_url.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
     model = model or str(paths.model_dir(pins))
     # The copy is measured only on the serving machine: a remote server's GPU is not this one.

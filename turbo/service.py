@@ -8,13 +8,13 @@ files and drives systemctl where the unit directory is systemd's own.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 
 from turbo.errors import TurboError, UsageError
+from turbo.outcome import Outcome, done
 from turbo.service_plan import Installed, compose, refuse_secret_sets
 from turbo.service_state import (
     NO_SYSTEMCTL,
@@ -70,8 +70,10 @@ __all__ = [
     "read_env_file",
     "render_states",
     "render_unit",
+    "request",
     "split_exec",
     "states",
+    "status",
     "target",
     "uninstall",
     "unit_environment",
@@ -153,80 +155,124 @@ def render_install(inst: Installed, tgt: Target, dry_run: bool) -> str:
     return "\n".join(lines)
 
 
+def request(
+    profile: str,
+    serve: ServeOptions,
+    *,
+    user: bool,
+    system: bool,
+    name: str = "",
+    unit_dir: str = "",
+    requires: str | None = None,
+    extra: str = "",
+) -> InstallRequest:
+    """The install request for the command line's options (user unit unless --system)."""
+    if user and system:
+        raise UsageError("service.install", "--user and --system both given", "Pick one.")
+    if extra:
+        raise UsageError(
+            "service.install",
+            "extra vLLM flags after -- are not carried into a unit",
+            "Use --set key=value for profile settings.",
+        )
+    return InstallRequest(profile, SYSTEM if system else USER, name, unit_dir, requires, serve)
+
+
 def install(
     req: InstallRequest,
     *,
     dry_run: bool,
     enable: bool = False,
-    as_json: bool = False,
     environ: Mapping[str, str] | None = None,
     euid: int | None = None,
     systemctl: Systemctl = run_systemctl,
     python: str = sys.executable,
-    out: Out = print,
-) -> int:
+    out: Out | None = None,
+) -> Outcome:
+    """Write (or, dry run, show) the unit and its environment file; ``out`` also gets the text."""
     env = os.environ if environ is None else environ
     tgt = target(req.scope, env, req.unit_dir)
     inst = plan_install(req, env, python=python, systemctl=systemctl)
-    uid = os.geteuid() if euid is None else euid
     if not dry_run:
-        if req.scope == SYSTEM and tgt.real and uid != 0:
+        _refuse_to_install(req, inst, tgt, os.geteuid() if euid is None else euid)
+        _write(inst, tgt, env, enable, systemctl)
+    text = render_install(inst, tgt, dry_run)
+    if out is not None:
+        out(text)
+    data = {
+        "unit": inst.spec.unit,
+        "unit_path": str(inst.unit_path),
+        "unit_text": inst.unit_text,
+        "env_file": str(inst.env_path),
+        "env_keys": inst.env_keys,
+        "spec": asdict(inst.spec),
+        "notes": inst.notes,
+        "dry_run": dry_run,
+    }
+    return done(text, data)
+
+
+def _refuse_to_install(req: InstallRequest, inst: Installed, tgt: Target, uid: int) -> None:
+    """No root for a system unit, a file we did not write, or a missing Ray head: refuse."""
+    if req.scope == SYSTEM and tgt.real and uid != 0:
+        raise TurboError(
+            "service.install --system",
+            f"writing {tgt.unit_dir} needs root",
+            "Run it with sudo (keep this environment: `sudo env PATH=$PATH invoke "
+            "service.install --system ...`), or use a user unit (the default).",
+        )
+    if inst.unit_path.exists() and not is_ours(inst.unit_path):
+        raise TurboError(
+            f"unit {inst.unit_path}",
+            "exists and was not written by vllm-turbo",
+            "Choose another --name, or move that file away yourself.",
+        )
+    if inst.env_exists and not is_ours(inst.env_path):
+        raise TurboError(
+            f"environment file {inst.env_path}",
+            "exists and was not written by vllm-turbo",
+            "Choose another --name, or move that file away yourself.",
+        )
+    for dep in inst.spec.requires:
+        if not tgt.unit_path(dep).exists():
             raise TurboError(
-                "service.install --system",
-                f"writing {tgt.unit_dir} needs root",
-                "Run it with sudo (keep this environment: `sudo env PATH=$PATH invoke "
-                "service.install --system ...`), or use a user unit (the default).",
+                f"service {req.profile}",
+                f"needs {dep} (the Ray head on this node), which is not installed in "
+                f"{tgt.unit_dir}",
+                "Install it first: `invoke service.install --profile tp2-head`.",
             )
-        if inst.unit_path.exists() and not is_ours(inst.unit_path):
-            raise TurboError(
-                f"unit {inst.unit_path}",
-                "exists and was not written by vllm-turbo",
-                "Choose another --name, or move that file away yourself.",
-            )
-        if inst.env_exists and not is_ours(inst.env_path):
-            raise TurboError(
-                f"environment file {inst.env_path}",
-                "exists and was not written by vllm-turbo",
-                "Choose another --name, or move that file away yourself.",
-            )
-        for dep in inst.spec.requires:
-            if not tgt.unit_path(dep).exists():
-                raise TurboError(
-                    f"service {req.profile}",
-                    f"needs {dep} (the Ray head on this node), which is not installed in "
-                    f"{tgt.unit_dir}",
-                    "Install it first: `invoke service.install --profile tp2-head`.",
-                )
-        if not inst.env_exists:
-            write_private(inst.env_path, env_file_text(env))
-        else:
-            inst.env_path.chmod(0o600)
-        write_unit_file(inst.unit_path, inst.unit_text)
-        if tgt.real:
-            systemctl(tgt.systemctl("daemon-reload"))
-            if enable:
-                rc, text = systemctl(tgt.systemctl("enable", "--now", inst.spec.unit))
-                if rc != 0:
-                    raise TurboError(
-                        f"systemctl enable --now {inst.spec.unit}",
-                        text.splitlines()[-1] if text else f"exit {rc}",
-                        "The unit is written; see `invoke service.status`.",
-                    )
-    if as_json:
-        data = {
-            "unit": inst.spec.unit,
-            "unit_path": str(inst.unit_path),
-            "unit_text": inst.unit_text,
-            "env_file": str(inst.env_path),
-            "env_keys": inst.env_keys,
-            "spec": asdict(inst.spec),
-            "notes": inst.notes,
-            "dry_run": dry_run,
-        }
-        out(json.dumps(data, indent=2))
+
+
+def _write(
+    inst: Installed, tgt: Target, env: Mapping[str, str], enable: bool, systemctl: Systemctl
+) -> None:
+    """The environment file (kept when it exists: it holds the user's secrets), then the unit."""
+    if not inst.env_exists:
+        write_private(inst.env_path, env_file_text(env))
     else:
-        out(render_install(inst, tgt, dry_run))
-    return 0
+        inst.env_path.chmod(0o600)
+    write_unit_file(inst.unit_path, inst.unit_text)
+    if not tgt.real:
+        return
+    systemctl(tgt.systemctl("daemon-reload"))
+    if enable:
+        rc, text = systemctl(tgt.systemctl("enable", "--now", inst.spec.unit))
+        if rc != 0:
+            raise TurboError(
+                f"systemctl enable --now {inst.spec.unit}",
+                text.splitlines()[-1] if text else f"exit {rc}",
+                "The unit is written; see `invoke service.status`.",
+            )
+
+
+def status(
+    unit_dir: str = "",
+    environ: Mapping[str, str] | None = None,
+    systemctl: Systemctl | None = None,
+) -> Outcome:
+    """Our units in both scopes with systemd's active/enabled state."""
+    found = states(environ, systemctl, unit_dir)
+    return done(render_states(found), [asdict(s) for s in found])
 
 
 def uninstall(
@@ -238,8 +284,16 @@ def uninstall(
     unit_dir: str = "",
     environ: Mapping[str, str] | None = None,
     systemctl: Systemctl = run_systemctl,
-    out: Out = print,
-) -> int:
+    out: Out | None = None,
+) -> Outcome:
+    """Stop, disable and remove one of our units; its environment file only with ``purge``.
+
+    ``out`` sees each line as it happens; the outcome's text holds them all.
+    """
+    if not name:
+        raise UsageError(
+            "service.uninstall", "no unit named", "Pass --name NAME (see `invoke service.status`)."
+        )
     env = os.environ if environ is None else environ
     tgt = target(scope, env, unit_dir)
     unit = unit_name(name)
@@ -261,20 +315,27 @@ def uninstall(
             "was not written by vllm-turbo",
             "Remove it yourself if you mean to.",
         )
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if out is not None:
+            out(line)
+
     verb = "would " if dry_run else ""
     if tgt.real:
-        out(f"{verb}run: systemctl {' '.join(tgt.systemctl('disable', '--now', unit))}")
+        say(f"{verb}run: systemctl {' '.join(tgt.systemctl('disable', '--now', unit))}")
         if not dry_run:
             systemctl(tgt.systemctl("disable", "--now", unit))
-    out(f"{verb}remove {path}")
+    say(f"{verb}remove {path}")
     if remove_env:
-        out(f"{verb}remove {env_path}")
+        say(f"{verb}remove {env_path}")
     elif env_path.exists():
-        out(f"kept {env_path} (it holds your secrets; --purge removes it)")
+        say(f"kept {env_path} (it holds your secrets; --purge removes it)")
     if not dry_run:
         path.unlink()
         if remove_env:
             env_path.unlink()
         if tgt.real:
             systemctl(tgt.systemctl("daemon-reload"))
-    return 0
+    return done("\n".join(lines))
