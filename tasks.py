@@ -246,14 +246,11 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
     from turbo import model_fetch
     from turbo.pins import load_pins
 
-    def go() -> None:
-        print(model_fetch.run(load_pins(), as_json=json, dest=dest or None,
-                              variant=variant or None, revision=revision or None, verify=verify,
-                              offline=offline, dry_run=dry_run,
-                              transport="xet" if xet else "http",
-                              progress=sys.stderr.isatty(), adopt_existing=adopt_existing))
-
-    _guard(go)
+    _run(lambda: model_fetch.run(load_pins(), dest=dest or None, variant=variant or None,
+                                 revision=revision or None, verify=verify, offline=offline,
+                                 dry_run=dry_run, transport="xet" if xet else "http",
+                                 progress=sys.stderr.isatty(), adopt_existing=adopt_existing),
+         json)
 
 
 # --------------------------------------------------------------------------- serve
@@ -445,23 +442,9 @@ def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool
 def patches_refresh(c: Context, src: str = "", check: bool = False,
                     dry_run: bool = False) -> None:
     """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
-    from pathlib import Path
+    from turbo import patch_refresh
 
-    from turbo import patch_refresh, paths, sdist
-    from turbo.pins import load_pins
-
-    def go() -> list[str]:
-        ver = load_pins().vllm.sdist_version
-        tree = Path(src) if src else sdist.unpack_vllm_sdist(paths.state_dir() / "sdist", ver)
-        return patch_refresh.refresh(tree, ver, check=check or dry_run)
-
-    stale = _guard(go)
-    if check or dry_run:
-        print("out of date: " + ", ".join(stale) if stale else "all generated patches are current")
-        if stale:
-            raise Exit(code=1)
-    else:
-        print("rewrote: " + ", ".join(stale) if stale else "all generated patches are current")
+    _run(lambda: patch_refresh.run(src=src, check=check, dry_run=dry_run))
 
 
 @task(name="archs", checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
@@ -494,8 +477,8 @@ def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool
     """
     from turbo import patch_matrix_cli
 
-    _guard(lambda: patch_matrix_cli.run(versions=versions, every=all, as_json=json, doc=doc,
-                                        dry_run=dry_run))
+    _run(lambda: patch_matrix_cli.run(versions=versions, every=all, doc=doc, dry_run=dry_run,
+                                      say=_progress), json)
 
 
 # --------------------------------------------------------------------------- kernels
