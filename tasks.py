@@ -355,7 +355,7 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
                             prompt_lens=prompt_lens, output_lens=output_lens,
                             concurrency=concurrency, repeats=repeats or None, tool=tool,
                             model=model, out=out, chart=not no_chart,
-                            timeout=float(timeout), printer=_progress if json else print,
+                            timeout=float(timeout), say=_say(json),
                             bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run),
          json)
 
