@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import build, paths, stamp
+from turbo import paths, stamp
 from turbo.build_verdict import gb10_verdict as gb10_verdict
+from turbo.cubins import cubin_targets, gb10_ok
 from turbo.errors import TurboError, UsageError
 from turbo.manifest import (
     INDEX_NAME,
@@ -161,8 +162,8 @@ def adopt_vllm(
         tool = cuobjdump or shutil.which("cuobjdump")
         so_files = sorted(location.rglob("*.so"))
         if tool:
-            found = build.cubin_targets(tool, so_files)
-            cubins = {"targets": found, "gb10": build.gb10_ok(found)}
+            found = cubin_targets(tool, so_files)
+            cubins = {"targets": found, "gb10": gb10_ok(found)}
             arch_list = ";".join(sorted({t for ts in found.values() for t in ts})) or None
         else:
             cubins = {"targets": {}, "gb10": None, "why": "no cuobjdump to list cubin targets"}

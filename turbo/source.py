@@ -149,10 +149,12 @@ def fetch_commit(
         if on_tree_change is not None:
             on_tree_change(dest)
         _refuse_foreign_edits(dest, commit, runner)
+        _refuse_untracked(dest, commit, runner)
         runner(["git", "remote", "set-url", "origin", repo], dest)
         _fetch_step(runner, fetch_argv(repo, commit)[2], dest, repo, commit)
-        # -f: files touched by use_existing_torch.py are ours to discard; untracked build
-        # output (git-ignored) is kept so the next build is incremental.
+        # --force: files touched by use_existing_torch.py are ours to discard. Untracked
+        # files were refused above and git-ignored build output is kept, so the next build is
+        # incremental and nothing else is removed.
         runner(
             [
                 "git",
@@ -166,7 +168,6 @@ def fetch_commit(
             ],
             dest,
         )
-        runner(["git", "clean", "-fdq"], dest)
         _verify_head(dest, commit, runner)
         return SourceTree(dest, "git", commit, commit)
     partial = dest.with_name(dest.name + ".partial")
@@ -198,15 +199,34 @@ def _refuse_foreign_edits(dest: Path, commit: str, runner: Runner) -> None:
     edited = [line[3:] for line in status.splitlines() if len(line) > 3]
     foreign = [rel for rel in edited if not _ours_to_discard(rel)]
     if foreign:
-        shown = ", ".join(foreign[:6]) + (
-            f" and {len(foreign) - 6} more" if len(foreign) > 6 else ""
-        )
         raise TurboError(
             f"vLLM source {dest}",
-            f"has edits build-vllm did not make ({shown}); moving it to {commit[:12]} would "
-            "discard them",
+            f"has edits build-vllm did not make ({_shown(foreign)}); moving it to "
+            f"{commit[:12]} would discard them",
             f"Commit or stash them (git -C {dest} stash), or build this tree as it is "
             f"with --src {dest}.",
+        )
+
+
+def _shown(names: list[str]) -> str:
+    more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+    return ", ".join(names[:6]) + more
+
+
+def _refuse_untracked(dest: Path, commit: str, runner: Runner) -> None:
+    """Untracked files that git does not ignore were put there by someone, not by the build
+    (its output is git-ignored, its patches are reverted just before): moving the tree to
+    another commit leaves them mixed into that commit's tree, and removing them would lose
+    someone's work. Refuse, naming them."""
+    listed = runner(["git", "ls-files", "--others", "--exclude-standard", "-z"], dest)
+    untracked = sorted(name for name in listed.split("\0") if name)
+    if untracked:
+        raise TurboError(
+            f"vLLM source {dest}",
+            f"holds files git does not track and build-vllm did not write ({_shown(untracked)}); "
+            f"they would be mixed into the tree at {commit[:12]}",
+            f"Move them out of {dest} (or add them to .git/info/exclude), or build this tree "
+            f"as it is with --src {dest}.",
         )
 
 
