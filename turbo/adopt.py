@@ -119,6 +119,30 @@ def target_of(dist: str, version: str, location: Path) -> str:
     return "cuda"
 
 
+def _refuse_replacing_a_local_build() -> None:
+    old = stamp.read_stamp()
+    if (
+        old is not None
+        and old.get("result") == stamp.OK
+        and (old.get("source") or {}).get("kind") != "adopted"
+    ):
+        raise TurboError(
+            "adopt-vllm",
+            f"{paths.stamp_path()} records a vLLM built here ({str(old.get('commit'))[:12]})",
+            "Pass --force to replace it with the adopted install.",
+        )
+
+
+def _cubins_of(location: Path, tool: str | None) -> tuple[dict[str, Any], str | None]:
+    """The cubin targets of every shared object under ``location``, and the arch list they
+    make (None without cuobjdump, or when no object carries a cubin)."""
+    if not tool:
+        return {"targets": {}, "gb10": None, "why": "no cuobjdump to list cubin targets"}, None
+    found = cubin_targets(tool, sorted(location.rglob("*.so")))
+    arch_list = ";".join(sorted({t for ts in found.values() for t in ts})) or None
+    return {"targets": found, "gb10": gb10_ok(found)}, arch_list
+
+
 def adopt_vllm(
     vllm: str = "",
     *,
@@ -139,18 +163,8 @@ def adopt_vllm(
     if not exe.is_file():
         raise UsageError("adopt-vllm", f"{exe} is not a file", "Pass --vllm /path/to/bin/vllm.")
     python = interpreter_of(exe)
-    old = stamp.read_stamp()
-    if (
-        old is not None
-        and old.get("result") == stamp.OK
-        and (old.get("source") or {}).get("kind") != "adopted"
-        and not force
-    ):
-        raise TurboError(
-            "adopt-vllm",
-            f"{paths.stamp_path()} records a vLLM built here ({str(old.get('commit'))[:12]})",
-            "Pass --force to replace it with the adopted install.",
-        )
+    if not force:
+        _refuse_replacing_a_local_build()
     info = probe_vllm(python)
     location = Path(str(info["location"]))
     dist = str(info.get("dist") or "vllm")
@@ -159,14 +173,7 @@ def adopt_vllm(
     cubins: dict[str, Any] | None = None
     arch_list: str | None = None
     if target == "cuda":
-        tool = cuobjdump or shutil.which("cuobjdump")
-        so_files = sorted(location.rglob("*.so"))
-        if tool:
-            found = cubin_targets(tool, so_files)
-            cubins = {"targets": found, "gb10": gb10_ok(found)}
-            arch_list = ";".join(sorted({t for ts in found.values() for t in ts})) or None
-        else:
-            cubins = {"targets": {}, "gb10": None, "why": "no cuobjdump to list cubin targets"}
+        cubins, arch_list = _cubins_of(location, cuobjdump or shutil.which("cuobjdump"))
     record_digest = hashlib.sha256(str(info.get("record", "")).encode()).hexdigest()
     data: dict[str, Any] = {
         "result": stamp.OK,

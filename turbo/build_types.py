@@ -82,9 +82,9 @@ class BuildOptions:
     nvcc_threads: int | None = None
     overrides: Mapping[str, str] = field(default_factory=dict)
     runtime_deps: bool = True
-    # Install vLLM's requirements with pip (the pre-pixi way). None: only outside a pixi
-    # environment; inside one, pixi.toml declares them and the build only checks (pixi puts
-    # its own versions back over whatever pip changes).
+    # Install vLLM's requirements with pip. None: only outside a pixi environment; inside one,
+    # pixi.toml declares them and the build only checks (pixi puts its own versions back over
+    # whatever pip changes).
     pip_deps: bool | None = None
     force: bool = False
     verbose: bool = False
