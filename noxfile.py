@@ -59,7 +59,7 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (style, imports, bugs) and mypy --strict on the package."""
+    """ruff (style, imports, bugs) and mypy --strict on the package and tasks.py."""
     _install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "turbo")

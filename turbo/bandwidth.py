@@ -2,8 +2,9 @@
 here (a device-to-device copy through torch on the GPU, when there is one).
 
 Single-stream decode reads every weight a token touches once per token, so this figure over
-the bytes per token is the ceiling on decode tok/s (see turbo/roofline.py). The stated figure
-is what the machine is sold with; the measured copy is what a kernel can reach on it today.
+the bytes per token is the ceiling on decode tok/s (turbo/ceiling.py, which also holds the
+stated figures). The stated figure is what the machine is sold with; the measured copy is what
+a kernel can reach on it today.
 """
 
 from __future__ import annotations
@@ -11,57 +12,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 
-# Stated memory bandwidth in GB/s (1e9 bytes), matched against the GPU's name, most specific
-# first. DGX Spark's GB10: LPDDR5X, 273 GB/s, shared by CPU and GPU.
-SPEC_GBS: tuple[tuple[str, float], ...] = (
-    ("GB10", 273.0),
-    ("H200", 4800.0),
-    ("H100 NVL", 3900.0),
-    ("H100 PCIE", 2000.0),
-    ("H100", 3350.0),
-    ("A100 80GB PCIE", 1935.0),
-    ("A100-SXM4-80GB", 2039.0),
-    ("A100", 1555.0),
-)
+from turbo.ceiling import Bandwidth as Bandwidth
+from turbo.ceiling import spec_for as spec_for
+
 # Bytes per copy buffer: well above any GPU's L2 (H200: 60 MB), small beside what a serving
 # vLLM leaves free on a Spark.
 _COPY_BYTES = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class Bandwidth:
-    gpu: str | None
-    spec_gbs: float | None
-    measured_gbs: float | None
-    measured_how: str
-    given_gbs: float | None = None
-
-    @property
-    def used_gbs(self) -> float | None:
-        """The figure rooflines use: the user's, else the stated one, else the measured one."""
-        return self.given_gbs or self.spec_gbs or self.measured_gbs
-
-    @property
-    def used_source(self) -> str:
-        if self.given_gbs:
-            return "--bandwidth-gbs"
-        if self.spec_gbs:
-            return f"{self.gpu} stated figure"
-        if self.measured_gbs:
-            return "measured copy"
-        return "none"
-
-
-def spec_for(gpu_name: str | None) -> float | None:
-    if not gpu_name:
-        return None
-    name = gpu_name.upper()
-    for key, gbs in SPEC_GBS:
-        if key.upper() in name:
-            return gbs
-    return None
 
 
 def gpu_name() -> str | None:
@@ -143,17 +100,3 @@ def bandwidth(given_gbs: float | None = None, measure: bool = True) -> Bandwidth
         measured, how = measure_host_copy_gbs()
         how += " (no GPU here)"
     return Bandwidth(name, spec_for(name), measured, how, given_gbs)
-
-
-def check_gbs(value: str) -> None:
-    """`--bandwidth-gbs`: a positive number of GB/s (the option check of `invoke bench`)."""
-    from turbo.options import OptionError
-
-    try:
-        gbs = float(value)
-    except ValueError:
-        raise OptionError(
-            "is not a number of GB/s", "For example --bandwidth-gbs 273 (a GB10)"
-        ) from None
-    if not 0 < gbs < 1e6:
-        raise OptionError("is not a bandwidth in GB/s", "Give a positive figure, e.g. 273")

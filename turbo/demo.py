@@ -23,6 +23,7 @@ from pathlib import Path
 
 from turbo import cpu_vllm, paths
 from turbo.errors import TurboError
+from turbo.outcome import Outcome, done
 
 Out = Callable[[str], None]
 
@@ -123,93 +124,115 @@ def _step(out: Out, what: str, res: Result) -> None:
     out(f"  {what}: ok ({res.seconds:.0f} s)")
 
 
-def run(
-    port: int | None = None, keep: bool = False, dry_run: bool = False, out: Out = print
-) -> int:
-    root = paths.cache_dir() / "demo"
-    model = root / "tiny-qwen3-next"
-    state = root / "state"
-    p = port or free_port()
-    steps = [
+def _steps(port: int, model: Path) -> list[str]:
+    """The eight steps, as a person would type them."""
+    return [
         f"vLLM {cpu_vllm.VLLM_VERSION} CPU build + plugin in "
         f"{cpu_vllm.env_root(cpu_vllm.EnvSpec())}",
         f"tiny Qwen3-Next checkpoint in {model}",
         "invoke adopt-vllm --vllm <env>/bin/vllm",
         f"invoke adopt-model {model}",
-        f"invoke serve --profile cpu --detach --port {p} --model {model} -- "
+        f"invoke serve --profile cpu --detach --port {port} --model {model} -- "
         + " ".join(SERVE_EXTRA),
-        f"invoke verify --port {p}",
-        f"invoke bench --port {p} --prompt-lens 64 --output-lens 32 --repeats 1",
-        f"invoke stop --port {p}",
+        f"invoke verify --port {port}",
+        f"invoke bench --port {port} --prompt-lens 64 --output-lens 32 --repeats 1",
+        f"invoke stop --port {port}",
     ]
-    if dry_run:
-        out(f"demo (state in {state}):")
-        for i, s in enumerate(steps, 1):
-            out(f"  {i}. {s}")
-        return 0
-    if sys.platform != "linux":
-        raise TurboError("demo", "needs Linux (vLLM's CPU build)", "Run it on a Linux machine.")
-    t0 = time.monotonic()
-    out(f"1/8 {steps[0]} (first time: ~5 min, ~8.5 GB)")
-    env = prepare_env(progress=lambda line: out(f"  {line}"))
-    out(f"2/8 {steps[1]}")
-    make_checkpoint(env, model)
+
+
+def _bench_args(port: int, model: Path, state: Path) -> list[str]:
+    return [
+        "bench",
+        "--port",
+        str(port),
+        "--prompt-lens",
+        "64",
+        "--output-lens",
+        "32",
+        "--repeats",
+        "1",
+        "--tool",
+        "builtin",
+        "--no-chart",
+        "--model",
+        str(model),
+        "--out",
+        str(state / "bench"),
+    ]
+
+
+def _demo_environ(state: Path) -> dict[str, str]:
+    """This shell's environment with the demo's own state directory and none of the seed's
+    MODEL/PORT/HOST/SERVED_MODEL_NAME (they would point serve elsewhere)."""
     environ = {**os.environ, "TURBO_HOME": str(state)}
     for key in ("MODEL", "PORT", "HOST", "SERVED_MODEL_NAME"):
         environ.pop(key, None)
-    show = out
-    out(f"3/8 {steps[2]}")
-    _step(
-        out,
-        "adopt-vllm",
-        invoke(["adopt-vllm", "--vllm", str(env.vllm), "--force"], environ, stream=show),
-    )
-    out(f"4/8 {steps[3]}")
-    _step(out, "adopt-model", invoke(["adopt-model", str(model)], environ, stream=show))
-    out(f"5/8 {steps[4]} (first start compiles: 1-3 min on 2 cores)")
-    serve_args = [
-        "serve",
-        "--profile",
-        "cpu",
-        "--detach",
-        "--port",
-        str(p),
-        "--model",
-        str(model),
-        "--",
-        *SERVE_EXTRA,
-    ]
-    _step(out, "serve", invoke(serve_args, environ, stream=show))
+    return environ
+
+
+def _product_steps(
+    env: cpu_vllm.CpuEnv,
+    model: Path,
+    state: Path,
+    port: int,
+    keep: bool,
+    steps: list[str],
+    say: Out,
+) -> None:
+    """Steps 3-8: the product's own commands against the CPU build; stop even when one fails."""
+    environ = _demo_environ(state)
+    say(f"3/8 {steps[2]}")
+    adopt = ["adopt-vllm", "--vllm", str(env.vllm), "--force"]
+    _step(say, "adopt-vllm", invoke(adopt, environ, stream=say))
+    say(f"4/8 {steps[3]}")
+    _step(say, "adopt-model", invoke(["adopt-model", str(model)], environ, stream=say))
+    say(f"5/8 {steps[4]} (first start compiles: 1-3 min on 2 cores)")
+    serve_args = ["serve", "--profile", "cpu", "--detach", "--port", str(port)]
+    serve_args += ["--model", str(model), "--", *SERVE_EXTRA]
+    _step(say, "serve", invoke(serve_args, environ, stream=say))
     try:
-        out(f"6/8 {steps[5]}")
-        _step(out, "verify", invoke(["verify", "--port", str(p)], environ, stream=show))
-        out(f"7/8 {steps[6]}")
-        bench_args = [
-            "bench",
-            "--port",
-            str(p),
-            "--prompt-lens",
-            "64",
-            "--output-lens",
-            "32",
-            "--repeats",
-            "1",
-            "--tool",
-            "builtin",
-            "--no-chart",
-            "--model",
-            str(model),
-            "--out",
-            str(state / "bench"),
-        ]
-        _step(out, "bench", invoke(bench_args, environ, stream=show))
+        say(f"6/8 {steps[5]}")
+        _step(say, "verify", invoke(["verify", "--port", str(port)], environ, stream=say))
+        say(f"7/8 {steps[6]}")
+        _step(say, "bench", invoke(_bench_args(port, model, state), environ, stream=say))
     finally:
         if not keep:
-            out(f"8/8 {steps[7]}")
-            _step(out, "stop", invoke(["stop", "--port", str(p)], environ, stream=show))
-    out(
+            say(f"8/8 {steps[7]}")
+            _step(say, "stop", invoke(["stop", "--port", str(port)], environ, stream=say))
+
+
+def command(
+    port: int | None = None, keep: bool = False, dry_run: bool = False, say: Out = print
+) -> Outcome:
+    """The demo: its steps under ``dry_run``; otherwise progress to ``say`` and a last line."""
+    root = paths.cache_dir() / "demo"
+    model = root / "tiny-qwen3-next"
+    state = root / "state"
+    p = port or free_port()
+    steps = _steps(p, model)
+    if dry_run:
+        listing = [f"demo (state in {state}):", *(f"  {i}. {s}" for i, s in enumerate(steps, 1))]
+        return done("\n".join(listing))
+    if sys.platform != "linux":
+        raise TurboError("demo", "needs Linux (vLLM's CPU build)", "Run it on a Linux machine.")
+    t0 = time.monotonic()
+    say(f"1/8 {steps[0]} (first time: ~5 min, ~8.5 GB)")
+    env = prepare_env(progress=lambda line: say(f"  {line}"))
+    say(f"2/8 {steps[1]}")
+    make_checkpoint(env, model)
+    _product_steps(env, model, state, p, keep, steps, say)
+    return done(
         f"demo done in {time.monotonic() - t0:.0f} s: the real vLLM {env.vllm_version} served "
         f"a tiny Qwen3-Next through vllm-turbo's own commands"
         + (f"; still running at http://127.0.0.1:{p}/v1" if keep else "")
     )
-    return 0
+
+
+def run(
+    port: int | None = None, keep: bool = False, dry_run: bool = False, out: Out = print
+) -> int:
+    """:func:`command` for in-process callers: progress and the result text both to ``out``."""
+    outcome = command(port, keep, dry_run, say=out)
+    if outcome.text:
+        out(outcome.text)
+    return outcome.code

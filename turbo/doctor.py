@@ -325,9 +325,9 @@ def check_environment(h: Host, stamp: dict[str, object] | None) -> list[Check]:
 
 def check_service() -> list[Check]:
     """A row only when a vllm-turbo unit is installed: its systemd state (turbo/service.py)."""
-    from turbo import service
+    from turbo import service_state
 
-    row = service.doctor_row()
+    row = service_state.doctor_row()
     return [Check(*row)] if row else []
 
 

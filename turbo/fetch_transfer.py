@@ -127,6 +127,7 @@ class _Part:
         if unlink:
             self.path.unlink(missing_ok=True)
         self.have, self.hasher = 0, hashlib.sha256()
+        self.counts.resumed_from = 0  # the file now comes from byte 0: not a resume
         if bar:
             self.bar.reset()
 

@@ -14,13 +14,12 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turbo import paths
+from turbo import paths, proc
 from turbo.checks import FAIL, PASS, WARN, Check
 
 # A one-instruction kernel: ptxas accepts it only for targets with the E2M1 conversion.
@@ -47,13 +46,10 @@ class Host:
     meminfo_path: Path = Path("/proc/meminfo")
 
     def run(self, argv: list[str], timeout: float = 20.0) -> tuple[int, str]:
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return 127, str(exc)
-        return proc.returncode, (proc.stdout + proc.stderr).strip()
+        """(exit code, stdout and stderr); 127 and the OS's words when the program is missing,
+        cannot start or runs past ``timeout``."""
+        res = proc.capture(argv, timeout=timeout)
+        return (127, res.error) if res.fault else (res.rc, res.output)
 
     def disk_free_gb(self, path: Path) -> float:
         return shutil.disk_usage(paths.nearest_existing(path)).free / 1e9

@@ -26,6 +26,7 @@ from invoke.tasks import task as _invoke_task
 
 from turbo.errors import UsageError
 from turbo.paths import unwritable_reason
+from turbo.task_help import options_help
 
 # One short flag per meaning, the same in every task.
 FIXED_SHORT = {"dry_run": "n", "json": "j"}
@@ -95,6 +96,7 @@ else:
 class CheckedTask(_TaskBase):
     """An invoke Task whose options check their values (``checks``: option name -> check).
 
+    Its option help is the task's table in turbo/data/help.toml (``turbo.task_help``).
     ``allow_empty`` names the string options for which an empty value means something."""
 
     def __init__(
@@ -105,6 +107,9 @@ class CheckedTask(_TaskBase):
         allow_empty: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
+        # Option help comes from turbo/data/help.toml unless the task passes its own.
+        if kwargs.get("help") is None:
+            kwargs["help"] = options_help(body.__name__)
         super().__init__(body, *args, **kwargs)
         self.checks = dict(checks or {})
         self.allow_empty = frozenset(allow_empty)
@@ -142,10 +147,12 @@ class CheckedTask(_TaskBase):
         return arguments
 
 
-def task(*args: Any, **kwargs: Any) -> Any:
-    """invoke's ``@task`` with option checks (``checks=``, ``allow_empty=``)."""
+def task(**kwargs: Any) -> Callable[[Callable[..., None]], CheckedTask]:
+    """invoke's ``@task(...)`` with option checks (``checks=``, ``allow_empty=``) and option help
+    read from turbo/data/help.toml."""
     kwargs.setdefault("klass", CheckedTask)
-    return _invoke_task(*args, **kwargs)
+    decorate: Callable[[Callable[..., None]], CheckedTask] = _invoke_task(**kwargs)
+    return decorate
 
 
 # --------------------------------------------------------------------------- value checks

@@ -32,50 +32,39 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo import contain, paths
+from turbo import assets, contain
 from turbo.errors import TurboError
 from turbo.jsonfile import write_json_atomic
+from turbo.patch_format import FileDiff, Hunk, Patch, parse_patch, ref_matches
+
+__all__ = [
+    "STATE_DIR",
+    "STATE_FILE",
+    "FileDiff",
+    "Hunk",
+    "Patch",
+    "PatchReport",
+    "apply_series",
+    "check_series",
+    "load_series",
+    "parse_patch",
+    "ref_matches",
+    "render_report",
+    "revert_plan",
+    "revert_series",
+    "select",
+    "series_digest",
+    "series_dir",
+]
 
 STATE_FILE = ".turbo-patches.json"
 STATE_DIR = ".turbo-patches"
 SERIES_FILE = "series"
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _FAILED_AT = re.compile(r"error: patch failed: (.+):(\d+)")
 _PATH_ERROR = re.compile(
     r"error: (.+?): (No such file or directory|already exists in working "
     r"directory|does not exist in index|does not match index)"
 )
-
-
-@dataclass(frozen=True)
-class Hunk:
-    old_start: int
-    old_len: int
-    header: str
-
-
-@dataclass(frozen=True)
-class FileDiff:
-    old: str | None  # None for a file the patch creates
-    new: str | None  # None for a file the patch deletes
-    hunks: tuple[Hunk, ...]
-
-    @property
-    def path(self) -> str:
-        return self.new or self.old or "?"
-
-
-@dataclass(frozen=True)
-class Patch:
-    name: str
-    path: Path
-    subject: str
-    applies_to: tuple[str, ...]
-    upstream_status: str
-    files: tuple[FileDiff, ...]
-
-    def touched(self) -> set[str]:
-        return {p for f in self.files for p in (f.old, f.new) if p}
 
 
 @dataclass
@@ -101,68 +90,8 @@ class PatchReport:
 
 # --------------------------------------------------------------------------- reading the series
 def series_dir() -> Path:
-    return paths.repo_root() / "patches"
-
-
-def _subject(lines: list[str]) -> str:
-    for i, line in enumerate(lines):
-        if line.startswith("Subject:"):
-            text = line[len("Subject:") :].strip()
-            # format-patch folds long subjects onto indented continuation lines
-            for more in lines[i + 1 :]:
-                if not more.startswith(" "):
-                    break
-                text += more.rstrip("\n")
-            return re.sub(r"^\[PATCH[^\]]*\]\s*", "", text)
-    return ""
-
-
-def parse_patch(path: Path) -> Patch:
-    """Read one format-patch file: subject, trailers, and which files and hunks it changes."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    head, _, _ = text.partition("\ndiff --git ")
-    applies: tuple[str, ...] = ()
-    status = ""
-    for line in head.splitlines():
-        if line.startswith("Applies-To:"):
-            applies = tuple(w.strip(",") for w in line.split(":", 1)[1].split() if w.strip(","))
-        elif line.startswith("Upstream-Status:"):
-            status = line.split(":", 1)[1].strip()
-    if not applies:
-        raise TurboError(
-            f"patch {path.name}",
-            "it has no 'Applies-To:' line in its message",
-            "Add the vLLM refs it is for (versions or commits).",
-        )
-    files: list[FileDiff] = []
-    old: str | None = None
-    new: str | None = None
-    hunks: list[Hunk] = []
-    in_diff = False
-
-    def flush() -> None:
-        if in_diff:
-            files.append(FileDiff(old, new, tuple(hunks)))
-
-    for line in lines:
-        if line.startswith("diff --git "):
-            flush()
-            in_diff, hunks = True, []
-            m = re.match(r"diff --git a/(\S+) b/(\S+)", line)
-            old, new = (m.group(1), m.group(2)) if m else (None, None)
-        elif in_diff and line.startswith("--- "):
-            old = None if line[4:].strip() == "/dev/null" else line[4:].strip().removeprefix("a/")
-        elif in_diff and line.startswith("+++ "):
-            new = None if line[4:].strip() == "/dev/null" else line[4:].strip().removeprefix("b/")
-        elif in_diff and (m := _HUNK.match(line)):
-            hunks.append(Hunk(int(m.group(1)), int(m.group(2) or 1), line))
-    flush()
-    if not files:
-        raise TurboError(
-            f"patch {path.name}", "it contains no diff", "Regenerate it with git format-patch."
-        )
-    return Patch(path.name, path, _subject(lines), applies, status, tuple(files))
+    """``patches/`` of the clone, or the copy an installed package carries (:mod:`turbo.assets`)."""
+    return assets.require(assets.PATCHES)
 
 
 def load_series(directory: Path | None = None) -> list[Patch]:
@@ -197,15 +126,6 @@ def series_digest(directory: Path | None = None) -> str:
         h.update(b"\0" + patch.name.encode() + b"\0")
         h.update(patch.path.read_bytes())
     return h.hexdigest()
-
-
-def ref_matches(declared: str, ref: str) -> bool:
-    """A version matches exactly; a commit matches when one hash is a prefix of the other."""
-    a, b = declared.lower(), ref.lower()
-    if a == b:
-        return True
-    hexy = re.compile(r"[0-9a-f]{7,40}")
-    return bool(hexy.fullmatch(a) and hexy.fullmatch(b) and (a.startswith(b) or b.startswith(a)))
 
 
 def select(series: list[Patch], ref: str, report: PatchReport) -> list[Patch]:

@@ -168,7 +168,7 @@ def _spread(model: Any, torch: Any) -> None:
 
 def lessons() -> list[tuple[str, str]]:
     """(question, answer) pairs the tiny model learns: what verify and serve's warm-up ask."""
-    from turbo.verify import EXPECTED, QUESTION
+    from turbo.known_answer import EXPECTED, QUESTION
 
     return [(QUESTION, EXPECTED), ("Say OK.", "OK")]
 

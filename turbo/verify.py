@@ -22,10 +22,11 @@ from turbo.checks import PASS as PASS
 from turbo.checks import WARN as WARN
 from turbo.console import render_table
 from turbo.errors import TurboError
+from turbo.known_answer import EXPECTED, QUESTION
+from turbo.outcome import Outcome, checked
+from turbo.server_metrics import acceptance
 
 SKIP = "skip"  # a step not tried because an earlier one failed
-QUESTION = "What is 17 + 25? Reply with the number only."
-EXPECTED = "42"
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 # Without /tokenize: a chat template adds a few dozen tokens around the question at most, and a
 # byte-level tokenizer never makes more tokens than the text has bytes.
@@ -199,18 +200,6 @@ def check_metrics(ep: endpoint.Endpoint) -> Step:
     return _timed("metrics", go)
 
 
-def acceptance(m: dict[str, float], before: dict[str, float] | None = None) -> float | None:
-    """Accepted / proposed draft tokens (over the span since ``before`` when given)."""
-    b = before or {}
-    drafted = m.get("vllm:spec_decode_num_draft_tokens_total", 0) - b.get(
-        "vllm:spec_decode_num_draft_tokens_total", 0
-    )
-    accepted = m.get("vllm:spec_decode_num_accepted_tokens_total", 0) - b.get(
-        "vllm:spec_decode_num_accepted_tokens_total", 0
-    )
-    return accepted / drafted if drafted > 0 else None
-
-
 def run(
     ep: endpoint.Endpoint,
     served_name: str,
@@ -252,11 +241,12 @@ def render(steps: list[Step], ep: endpoint.Endpoint) -> str:
     return f"verify {ep.base}\n{table}\n{advice}\n{verdict}"
 
 
+def to_data(steps: list[Step], ep: endpoint.Endpoint) -> dict[str, Any]:
+    return {"endpoint": ep.base, "ok": exit_code(steps) == 0, "checks": [asdict(s) for s in steps]}
+
+
 def to_json(steps: list[Step], ep: endpoint.Endpoint) -> str:
-    return json.dumps(
-        {"endpoint": ep.base, "ok": exit_code(steps) == 0, "checks": [asdict(s) for s in steps]},
-        indent=2,
-    )
+    return json.dumps(to_data(steps, ep), indent=2)
 
 
 def command(
@@ -266,10 +256,10 @@ def command(
     served_name: str,
     wait_s: float,
     max_tokens: int,
-    as_json: bool,
     timeout: float = 120.0,
     say: Say | None = None,
-) -> tuple[str, int]:
+) -> Outcome:
+    """What `invoke verify` does: the checks in order; exit 1 when one fails."""
     from turbo.errors import UsageError
     from turbo.pins import load_pins
 
@@ -288,4 +278,4 @@ def command(
         timeout=timeout,
         say=say,
     )
-    return (to_json(steps, ep) if as_json else render(steps, ep)), exit_code(steps)
+    return checked(render(steps, ep), to_data(steps, ep), exit_code(steps) != 0)
