@@ -18,14 +18,13 @@ import json
 import platform
 import shutil
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import paths, stamp
+from turbo import paths, proc, stamp
 from turbo.build_verdict import gb10_verdict as gb10_verdict
 from turbo.cubins import cubin_targets, gb10_ok
 from turbo.errors import TurboError, UsageError
@@ -94,12 +93,10 @@ def interpreter_of(exe: Path) -> Path:
 
 
 def probe_vllm(python: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [str(python), "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None)
-    if proc.returncode != 0 or line is None:
-        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    res = proc.capture([str(python), "-c", _PROBE], timeout=300)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None)
+    if not res.ok or line is None:
+        last = (res.stderr.strip().splitlines() or [res.why() or f"exit {res.rc}"])[-1]
         raise TurboError(f"probing {python}", last, "Pass --vllm with a working vLLM install.")
     data: dict[str, Any] = json.loads(line[len("TURBO-PROBE ") :])
     if "error" in data:

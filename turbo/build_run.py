@@ -3,18 +3,15 @@ an ETA, and a failure read back into one line (a compiler killed for memory says
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbo import proc
 from turbo.build_types import Jobs, Step
-from turbo.console import TaskLog, redact_argv, redact_env
+from turbo.console import TaskLog
 from turbo.errors import TurboError
 
 Echo = Callable[[str], None]
@@ -128,52 +125,31 @@ def run_step(
 ) -> list[str]:
     """Run one argv step, streaming its output to the log; progress lines go to ``echo``."""
     assert step.argv is not None
-    log.write(f"$ {' '.join(redact_argv(step.argv))}  (in {step.cwd})")
-    if step.env:
-        log.write("env: " + json.dumps(redact_env(step.env), sort_keys=True))
-    tail: deque[str] = deque(maxlen=2000)
     progress = NinjaProgress(clock)
-    last_print = 0.0
-    try:
-        proc = subprocess.Popen(
-            step.argv,
-            cwd=step.cwd,
-            env={**os.environ, **step.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-    except OSError as exc:
-        raise TurboError(
-            f"build step '{step.name}'",
-            f"cannot start {step.argv[0]} ({exc})",
-            "Check the toolchain (`invoke doctor`).",
-        ) from exc
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line)
-            if verbose:
-                echo(line.rstrip())
-            p = progress.feed(line)
-            if p is not None and not verbose:
-                now = clock()
-                if now - last_print >= 5.0 or p.done == p.total:
-                    echo(f"  {step.name}: {p.line()}")
-                    last_print = now
-        rc = proc.wait()
-    except BaseException:
-        # Ctrl-C reached the child too (same process group); give it time to stop cleanly.
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
-    lines = list(tail)
-    if rc != 0:
+    last_print = [0.0]
+
+    def show(line: str) -> None:
+        if verbose:
+            echo(line)
+            return
+        p = progress.feed(line)
+        if p is not None:
+            now = clock()
+            if now - last_print[0] >= 5.0 or p.done == p.total:
+                echo(f"  {step.name}: {p.line()}")
+                last_print[0] = now
+
+    ran = proc.stream(
+        step.argv,
+        log=log.write,
+        on_line=show,
+        env=step.env,
+        cwd=step.cwd,
+        what=f"build step '{step.name}'",
+        fix="Check the toolchain (`invoke doctor`).",
+    )
+    lines = list(ran.tail)
+    if ran.rc != 0:
         for ln in error_summary(lines):
             echo(f"  | {ln}")
         raise failure_error(step.name, lines, log.path, jobs)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from turbo import proc
 from turbo.build_types import GB10_CUBINS
+from turbo.errors import TurboError
+
+LIST_TIMEOUT_S = 300.0
 
 
 def cubin_targets(cuobjdump: str, so_files: list[Path]) -> dict[str, list[str]]:
     """sm_* targets of the cubins in each shared object (``cuobjdump --list-elf``)."""
     out: dict[str, list[str]] = {}
     for so in so_files:
-        proc = subprocess.run(
-            [cuobjdump, "--list-elf", str(so)], capture_output=True, text=True, check=False
-        )
-        found = re.findall(r"\.(sm_\d+[af]?)\.cubin", proc.stdout)
+        # A shared object without device code makes cuobjdump fail: it simply has no cubins.
+        res = proc.capture([cuobjdump, "--list-elf", str(so)], timeout=LIST_TIMEOUT_S)
+        if res.fault:
+            raise TurboError(
+                f"listing the cubins of {so.name}",
+                res.why(),
+                "Check the CUDA toolkit's cuobjdump (the pixi environment has it).",
+            )
+        found = re.findall(r"\.(sm_\d+[af]?)\.cubin", res.stdout)
         out[so.name] = sorted(set(found))
     return out
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
+from turbo import proc
 from turbo.errors import TurboError
 
 GIT_TIMEOUT_S = 1800.0
@@ -32,38 +32,26 @@ class SourceTree:
     commit: str | None  # HEAD for git trees
 
 
-def _git_env() -> dict[str, str]:
-    # Never prompt for credentials or open an editor: a build runs unattended.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "LC_ALL": "C"}
+# Never prompt for credentials or open an editor: a build runs unattended.
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "LC_ALL": "C"}
 
 
 def run_git(argv: list[str], cwd: Path) -> str:
     """Run one git command (argv list); a failure becomes a TurboError naming the command."""
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            env=_git_env(),
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError as exc:
+    res = proc.capture(argv, cwd=cwd, env=_GIT_ENV, timeout=GIT_TIMEOUT_S)
+    if res.fault == proc.MISSING:
         raise TurboError(
             "git", "git is not installed", "Install git (the pixi environment has it)."
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
+        )
+    if res.fault == proc.TIMEOUT:
         raise TurboError(
             " ".join(argv[:3]),
             f"no answer in {GIT_TIMEOUT_S:.0f} s",
             "Check the network or use --src with a local checkout.",
-        ) from exc
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        why = err[-1] if err else f"exit {proc.returncode}"
-        raise TurboError(" ".join(argv[:4]), why, "See the message; re-run after fixing it.")
-    return proc.stdout
+        )
+    if not res.ok:
+        raise TurboError(" ".join(argv[:4]), res.why(), "See the message; re-run after fixing it.")
+    return res.stdout
 
 
 def require_commit_hash(ref: str) -> str:
