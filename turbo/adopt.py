@@ -17,14 +17,13 @@ import hashlib
 import json
 import platform
 import shutil
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import paths, proc, stamp
+from turbo import paths, proc, safetensors_header, stamp
 from turbo.build_verdict import gb10_verdict as gb10_verdict
 from turbo.cubins import cubin_targets, gb10_ok
 from turbo.errors import TurboError, UsageError
@@ -215,38 +214,15 @@ class ShardInfo:
 
 def read_safetensors_header(path: Path) -> ShardInfo:
     """Parse a shard's header and check its size: 8 + header + the last tensor's end offset."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise _bad_shard(path, f"is {size} bytes, shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 * 1024 * 1024):
-            raise _bad_shard(path, f"declares a {n}-byte header in a {size}-byte file")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _bad_shard(path, f"has a header that is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise _bad_shard(path, "has a header that is not a JSON object")
-    end = 0
-    names = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, stop = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _bad_shard(path, f"tensor {name} has no valid data_offsets") from exc
-        if not 0 <= start <= stop:
-            raise _bad_shard(path, f"tensor {name} has offsets {start}..{stop}")
-        end = max(end, stop)
-        names.append(name)
-    want = 8 + n + end
+    try:
+        header = safetensors_header.read(path)
+    except safetensors_header.BadHeader as exc:
+        raise _bad_shard(path, str(exc)) from exc
+    size, want = header.size, header.expected_size
     if size != want:
         state = "truncated" if size < want else "longer than its header says"
         raise _bad_shard(path, f"is {state}: {size} bytes, header needs {want}")
-    return ShardInfo(path.name, size, tuple(names))
+    return ShardInfo(path.name, size, header.names)
 
 
 def _bad_shard(path: Path, why: str) -> TurboError:
