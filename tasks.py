@@ -31,7 +31,7 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TurboError as err:
-        from turbo.console import redact
+        from turbo.redact import redact
 
         print(f"error: {redact(err.line())}", file=sys.stderr)  # no secret in any error line
         raise Exit(code=err.exit_code) from None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.serve_fixtures import complete_model
-from turbo import adopt, cpu_vllm, extra_args, serve, stamp, vllm_log
+from turbo import adopt, cpu_vllm, extra_args, serve, serve_plan, stamp, vllm_log
 from turbo.doctor import FAIL, PASS, Check, Host
 from turbo.errors import TurboError, UsageError
 from turbo.manifest import read_manifest
@@ -310,12 +310,12 @@ def test_an_adopted_vllm_and_its_ray_run_from_where_they_were_found(tmp_path: Pa
     plan = serve.prepare("cpu", PINS, Overrides(model=str(model)),
                          probe=serve.Probe(host=Host(which=lambda n: None, env={})),
                          environ={}).plan
-    assert serve._stamped_exe(plan, built).argv[0] == str(bin_dir / "vllm")
+    assert serve_plan.stamped_exe(plan, built).argv[0] == str(bin_dir / "vllm")
     ray_plan = serve.Plan("tp2-head", "ray-head", "", ["ray", "start", "--head"], {}, "", 0, "",
                           "", api=False)
-    assert serve._stamped_exe(ray_plan, built).argv[0] == str(bin_dir / "ray")
+    assert serve_plan.stamped_exe(ray_plan, built).argv[0] == str(bin_dir / "ray")
     (bin_dir / "ray").unlink()
-    assert serve._stamped_exe(ray_plan, built).argv[0] == "ray"
+    assert serve_plan.stamped_exe(ray_plan, built).argv[0] == "ray"
 
 
 def test_an_interrupted_install_is_redone_and_a_foreign_directory_kept(

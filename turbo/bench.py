@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from turbo import endpoint, limit
+from turbo import endpoint, limit, proc, server_url
 from turbo.bench_client import Meter as Meter
 from turbo.bench_client import Prompts as Prompts
 from turbo.bench_client import measure_one as measure_one
@@ -38,7 +38,6 @@ from turbo.bench_vllm import run_vllm_cell as run_vllm_cell
 from turbo.bench_vllm import run_watched as run_watched
 from turbo.bench_vllm import vllm_bench_argv as vllm_bench_argv
 from turbo.ceiling import Limit, cell_context, describe, for_cell
-from turbo.console import redact_argv
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, done
 
@@ -252,7 +251,7 @@ def dry_run_plan(
         if chosen == "vllm":
             name = f"vllm-p{p}-o{o}-c{c}.json"
             argv = vllm_bench_argv(ep, served_name, model, p, o, c, repeats, out_dir / "raw", name)
-            lines.append("      " + " ".join(redact_argv(argv)))
+            lines.append("      " + proc.describe(argv))
         else:
             lines.append(f"      builtin streaming client: {repeats * c} chat request(s)")
     lines.append(f"  roofline: {limit_note or 'from ' + model}")
@@ -286,7 +285,7 @@ def command(
 
     pins = load_pins()
     sec = load_book().section("bench")
-    ep = endpoint.client_endpoint(url, port)
+    ep = server_url.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
     model = model or str(paths.model_dir(pins))
     # The copy is measured only on the serving machine: a remote server's GPU is not this one.

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -31,6 +31,7 @@ from turbo import (
     memfit,
     notify,
     paths,
+    serve_plan,
     serve_secrets,
     stamp,
     vllm_log,
@@ -43,7 +44,6 @@ from turbo.checks import Check as Check
 from turbo.checks import failed
 from turbo.console import (
     TaskLog,
-    is_secret_key,
     known_secrets,
     redact,
     redact_argv,
@@ -53,160 +53,37 @@ from turbo.console import (
 )
 from turbo.errors import TurboError, UsageError
 from turbo.host import Host as Host
-from turbo.host import check_port, find_cuda_tool, nvidia_smi
+from turbo.host import check_port, nvidia_smi
 from turbo.jsonfile import read_json, write_json_atomic
 from turbo.manifest import check_local, read_manifest
 from turbo.pins import Pins
-from turbo.profiles import ArgValue, Overrides, Profile, ProfileBook, load_book, resolve
-
-Out = Callable[[str], None]
+from turbo.profiles import Overrides, Profile, ProfileBook, load_book
+from turbo.serve_plan import build_plan as build_plan
+from turbo.serve_types import DETECT_NET
+from turbo.serve_types import NetOptions as NetOptions
+from turbo.serve_types import Out as Out
+from turbo.serve_types import Plan as Plan
+from turbo.serve_types import Supervision as Supervision
 
 
 # ------------------------------------------------------------------------------ the plan
-@dataclass(frozen=True)
-class Plan:
-    profile: str
-    kind: str
-    description: str
-    argv: list[str]
-    env: dict[str, str]
-    host: str
-    port: int
-    served_name: str
-    model: str
-    api: bool
-    roce: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def endpoint(self) -> str:
-        return endpoint.endpoint_for(self.host, self.port, {}).base + "/v1"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The redacted, printable form (what --dry-run --json shows)."""
-        d = asdict(self)
-        d["argv"] = redact_argv(self.argv)
-        d["command"] = shlex.join(d["argv"])
-        d["env"] = redact_env(self.env)
-        d["endpoint"] = self.endpoint if self.api else None
-        return d
+def api_url(plan: Plan) -> str:
+    """Where a client on this machine reaches the plan's OpenAI API."""
+    return endpoint.endpoint_for(plan.host, plan.port, {}).base + "/v1"
 
 
-def _flag_words(key: str, value: ArgValue) -> list[str]:
-    if value is True:
-        return [f"--{key}"]
-    if value is False:
-        return [f"--no-{key}"]
-    return [f"--{key}", str(value)]
+def plan_view(plan: Plan) -> dict[str, Any]:
+    """The redacted, printable form of a plan (what --dry-run --json shows)."""
+    d = asdict(plan)
+    d["argv"] = redact_argv(plan.argv)
+    d["command"] = shlex.join(d["argv"])
+    d["env"] = redact_env(plan.env)
+    d["endpoint"] = api_url(plan) if plan.api else None
+    return d
 
 
-def _fill(text: str, values: Mapping[str, str | None], what: str) -> str:
-    for name, value in values.items():
-        token = "{" + name + "}"
-        if token in text:
-            if value is None:
-                raise UsageError(
-                    what,
-                    f"needs {name.replace('_', ' ')}",
-                    _MISSING_FIX.get(name, "Pass it on the command line."),
-                )
-            text = text.replace(token, value)
-    return text
-
-
-_MISSING_FIX = {
-    "head": "Pass --head IP (or set HEAD_IP) with the head node's RoCE address.",
-    "node_ip": "Pass --node-ip (or set NODE_IP) with this node's RoCE address.",
-    "ptxas": "Run inside the pixi environment (CUDA 13.0) or set CUDA_HOME.",
-}
-
-
-def build_plan(
-    prof: Profile,
-    *,
-    ptxas: str | None,
-    roce: cluster.RoceChoice | None,
-    cluster_env: Mapping[str, str],
-    ray_port: int,
-    build_digest: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Plan:
-    """argv and env for one resolved profile. ``roce``/``cluster_env`` only for cluster ones.
-
-    Environment, lowest first: what the user exported < the profile's data (and the detected
-    cluster network) < ``--set env.NAME=value``. A profile means the same on every shell; a
-    note says when it replaces an exported value, and how to keep that value."""
-    node_ip = prof.settings.get("node-ip") or (roce.node_ip if roce else None)
-    head = prof.settings.get("head")
-    if prof.kind == "ray-head" or (head is None and prof.args.get("node-rank") == 0):
-        head = head or node_ip
-    values = {"head": head, "node_ip": node_ip, "ptxas": ptxas}
-    notes: list[str] = []
-    env: dict[str, str] = {}
-    for key, val in prof.env.items():
-        if "{ptxas}" in val and ptxas is None:
-            notes.append(f"{key} not set: no CUDA 13 ptxas found (run inside pixi)")
-            continue
-        env[key] = _fill(val, values, f"profile {prof.name} env {key}")
-    env.update(cluster_env)
-    for key, set_value in prof.env_set.items():
-        if set_value is None:
-            env.pop(key, None)
-        else:
-            env[key] = set_value
-    notes += _replaced_exports(env, environ or {})
-
-    if prof.kind in ("ray-head", "ray-worker"):
-        if not node_ip:
-            raise UsageError(
-                f"profile {prof.name}", "needs this node's RoCE address", _MISSING_FIX["node_ip"]
-            )
-        argv = cluster.ray_argv(
-            prof.kind, node_ip=node_ip, ray_port=ray_port, head=head, build_digest=build_digest
-        )
-        api = False
-    else:
-        argv = ["vllm", "serve", prof.model]
-        for key, value in prof.args.items():
-            if isinstance(value, str):
-                value = _fill(value, values, f"profile {prof.name} --{key}")
-            argv += _flag_words(key, value)
-        argv += prof.extra
-        # A key after -- goes to vLLM's environment, out of `ps` and vLLM's argument log.
-        argv, moved = serve_secrets.move_to_env(argv)
-        env.update(moved)
-        # A headless node (the Ray-free worker) serves no HTTP API.
-        api = prof.args.get("headless") is not True
-    return Plan(
-        prof.name,
-        prof.kind,
-        prof.description,
-        argv,
-        env,
-        prof.host,
-        prof.port,
-        prof.served_name,
-        prof.model,
-        api=api,
-        roce=asdict(roce) if roce else None,
-        notes=notes,
-    )
-
-
-def _replaced_exports(env: Mapping[str, str], exported: Mapping[str, str]) -> list[str]:
-    out = []
-    for key, value in env.items():
-        old = exported.get(key)
-        if old is None or old == value:
-            continue
-        if is_secret_key(key):
-            out.append(f"{key}: the profile's value replaces your exported one")
-        else:
-            out.append(
-                f"{key}: the profile's {value!r} replaces your exported {old!r}; keep yours "
-                f"with --set env.{key}={shlex.quote(old)}"
-            )
-    return out
+def _uses_ray(plan: Plan) -> bool:
+    return plan.uses_ray
 
 
 # ------------------------------------------------------------------------------ checks
@@ -274,28 +151,10 @@ def _has_api_key(plan: Plan, environ: Mapping[str, str]) -> bool:
     )
 
 
-def _uses_ray(plan: Plan) -> bool:
-    argv = plan.argv
-    return (
-        any(
-            w == "--distributed-executor-backend" and i + 1 < len(argv) and argv[i + 1] == "ray"
-            for i, w in enumerate(argv)
-        )
-        or "--distributed-executor-backend=ray" in argv
-    )
-
-
 def build_check(built: Mapping[str, Any] | None, device: str = "cuda") -> Check:
     """A usable stamp for ``device`` ("cuda": with GB10 code; "cpu": a CPU build; "any"); the
     same verdict doctor gives, weighed as a launch's gate (FAIL)."""
     return vllm_build_check(built, device, blocking=True)
-
-
-def local_build_digest(built: Mapping[str, Any] | None) -> str | None:
-    """This node's build identity (what two TP=2 nodes must share); None when not built."""
-    if built is None or built.get("result") != stamp.OK:
-        return None
-    return stamp.identity_digest(built)
 
 
 def _ray_python(probe: Probe, built: Mapping[str, Any] | None) -> str:
@@ -313,7 +172,7 @@ def _ray_python(probe: Probe, built: Mapping[str, Any] | None) -> str:
 
 def same_build_check(prof: Profile, probe: Probe, built: Mapping[str, Any] | None) -> Check:
     """Over Ray itself: every joined node must advertise this node's build digest."""
-    mine = local_build_digest(built)
+    mine = serve_plan.local_build_digest(built)
     fix = (
         "Install the same build on both (`pixi run wheel` here, `pixi run install-wheel` "
         "there), then restart tp2-worker."
@@ -411,7 +270,7 @@ def preflight(
                 "Use the pixi cluster environment (`pixi run -e cluster ...`).",
             )
         )
-    if plan.kind == "serve" and _uses_ray(plan):
+    if plan.kind == "serve" and plan.uses_ray:
         checks.append(same_build_check(prof, probe, built))
     if prof.cluster:
         if roce_error:
@@ -709,15 +568,6 @@ def _terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
         proc.wait()
 
 
-@dataclass(frozen=True)
-class Supervision:
-    health_timeout: float
-    health_interval: float
-    warmup: bool
-    warmup_timeout: float
-    stop_timeout: float
-
-
 def _resolve_exe(argv: list[str]) -> list[str]:
     exe = shutil.which(argv[0])
     if exe is None:
@@ -745,7 +595,7 @@ def _after_start(
     out(f"healthy after {waited:.0f} s")
     if sup.warmup:
         out(f"warm-up: {warm_up(ep, plan.served_name, sup.warmup_timeout):.1f} s")
-    out(f"serving {plan.served_name} at {plan.endpoint}")
+    out(f"serving {plan.served_name} at {api_url(plan)}")
 
 
 def run_ray(plan: Plan, out: Out) -> int:
@@ -865,7 +715,7 @@ def run_foreground(plan: Plan, sup: Supervision, out: Out, sink: TextIO | None =
             if plan.api:
                 try:
                     _after_start(plan, proc, sup, say, log.path, stopping)
-                    progress.ready(f"serving {plan.served_name} at {plan.endpoint}")
+                    progress.ready(f"serving {plan.served_name} at {api_url(plan)}")
                 except KeyboardInterrupt:
                     pass
                 except BaseException:
@@ -962,36 +812,10 @@ def _zombie(pid: int) -> bool:
 
 # ------------------------------------------------------------------------------ the command
 @dataclass(frozen=True)
-class NetOptions:
-    """RoCE overrides; NCCL_SOCKET_IFNAME / NCCL_IB_HCA / NCCL_IB_GID_INDEX set in the
-    environment count as overrides too (the seed exported them by hand)."""
-
-    ifname: str | None = None
-    hca: tuple[str, ...] = ()
-    gid_index: int | None = None
-
-
-@dataclass(frozen=True)
 class Prepared:
     plan: Plan
     profile: Profile
     checks: list[Check]
-
-
-def _net_from_env(net: NetOptions, environ: Mapping[str, str]) -> NetOptions:
-    ifname = net.ifname or environ.get("NCCL_SOCKET_IFNAME") or None
-    hca = net.hca or tuple(h for h in environ.get("NCCL_IB_HCA", "").split(",") if h)
-    gid = net.gid_index
-    exported = environ.get("NCCL_IB_GID_INDEX", "").strip()
-    if gid is None and exported:
-        if not exported.isdigit() or int(exported) > 255:
-            raise UsageError(
-                f"NCCL_IB_GID_INDEX={exported!r} (environment)",
-                "is not a GID index (0-255)",
-                "Unset it to use the RoCE v2 GID found in sysfs, or pass --gid-index N.",
-            )
-        gid = int(exported)
-    return NetOptions(ifname, hca, gid)
 
 
 def prepare(
@@ -1002,75 +826,32 @@ def prepare(
     book: ProfileBook | None = None,
     probe: Probe | None = None,
     environ: Mapping[str, str] | None = None,
-    net: NetOptions = NetOptions(),
+    net: NetOptions = DETECT_NET,
 ) -> Prepared:
     """Resolve the profile, detect the cluster network, build the plan and check it."""
     env = os.environ if environ is None else environ
     b = book or load_book()
     built = stamp.read_stamp()
     pr = probe or Probe()
-    prof = resolve(name, pins, extra_args.absorb(overrides or Overrides()), env, b)
-    ptxas = find_cuda_tool(pr.host, "ptxas")
-    roce: cluster.RoceChoice | None = None
-    roce_error: str | None = None
-    cenv: dict[str, str] = {}
-    csec = b.section("cluster")
-    if prof.cluster:
-        n = _net_from_env(net, env)
-        try:
-            roce = cluster.detect(
-                cluster.scan(pr.sysfs),
-                pr.ipv4,
-                head=prof.settings.get("head"),
-                ifname=n.ifname,
-                hca=n.hca,
-                gid_index=n.gid_index,
-                node_ip=prof.settings.get("node-ip"),
-            )
-        except TurboError as err:
-            roce_error = err.why
-            roce = cluster.RoceChoice(
-                n.ifname or "<RoCE netdev>",
-                n.hca or ("<RDMA devices>",),
-                n.gid_index,
-                prof.settings.get("node-ip") or "<node IP>",
-                "not detected",
-            )
-        nccl = cluster.find_system_nccl([str(c) for c in csec.get("system_nccl", [])], env)
-        cenv = cluster.cluster_env(
-            roce,
-            nccl_so=nccl,
-            nccl_debug=str(csec.get("nccl_debug", "INFO")),
-            nccl_debug_subsys=str(csec.get("nccl_debug_subsys", "")),
-        )
-    plan = build_plan(
-        prof,
-        ptxas=ptxas,
-        roce=roce,
-        cluster_env=cenv,
-        ray_port=int(csec.get("ray_port", 6379)),
-        build_digest=local_build_digest(built),
+    planned = serve_plan.plan_profile(
+        name,
+        pins,
+        extra_args.absorb(overrides or Overrides()),
+        book=b,
         environ=env,
+        built=built,
+        net=net,
+        host=pr.host,
+        sysfs=pr.sysfs,
+        ipv4=pr.ipv4,
     )
-    plan = _stamped_exe(plan, built)
-    checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, roce_error, built)
+    plan, prof = planned.plan, planned.profile
+    checks = preflight(plan, prof, b, pr, env, pins.model.size_gb, planned.roce_error, built)
     return Prepared(plan, prof, checks)
 
 
-def _stamped_exe(plan: Plan, built: Mapping[str, Any] | None) -> Plan:
-    """An adopted vLLM (and the Ray installed beside it) runs from where `adopt-vllm` found it,
-    whatever PATH says now."""
-    exe = (built or {}).get("vllm_exe")
-    if not isinstance(exe, str) or plan.argv[:1] not in (["vllm"], ["ray"]):
-        return plan
-    tool = Path(exe).parent / plan.argv[0]
-    if tool.is_file():
-        return replace(plan, argv=[str(tool), *plan.argv[1:]])
-    return plan
-
-
 def render_plan(prep: Prepared) -> str:
-    p = prep.plan.to_dict()
+    p = plan_view(prep.plan)
     lines = [f"profile {p['profile']} ({p['kind']}): {p['description']}", "", "env:"]
     lines += [f"  {k}={v}" for k, v in p["env"].items()]
     lines += ["", "argv:", f"  {p['command']}"]
@@ -1131,7 +912,7 @@ def command(
     prep = prepare(profile, pins, overrides, book=book, net=net)
     if dry_run:
         if as_json:
-            data = prep.plan.to_dict()
+            data = plan_view(prep.plan)
             data["checks"] = [asdict(c) for c in prep.checks]
             out(json.dumps(data, indent=2))
         else:
