@@ -47,3 +47,13 @@ def test_doctor_and_serve_give_one_verdict(case: str) -> None:
     assert (advice.name, advice.detail, advice.fix) == (gate.name, gate.detail, gate.fix)
     if gate.status == FAIL:
         assert gate.fix, "a refusal says what to do"
+
+
+def test_the_verdict_reads_the_stamps_own_result_word() -> None:
+    """build_verdict spells the stamp's "usable" result itself (it stands below the stamp);
+    the two spellings are one word, or every finished build would read as unfinished."""
+    from turbo import build_verdict, stamp
+
+    assert build_verdict.USABLE == stamp.OK
+    usable = {"result": stamp.OK, "commit": "c" * 40, "arch_list": "12.1a"}
+    assert build_verdict.vllm_build_check(usable).status == PASS

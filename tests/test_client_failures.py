@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.openai_server import running
-from turbo import bench, endpoint, server_metrics, verify
+from turbo import bench, endpoint, server_metrics, server_url, verify
 from turbo.errors import TurboError
 
 SEED = {"NVFP4 Marlin": 42.0}
@@ -175,7 +175,7 @@ def test_cli_against_a_web_page_prints_no_traceback(task: str, tmp_path: Path) -
 def test_port_that_is_not_a_number_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "abc")
     with pytest.raises(TurboError, match="PORT='abc'"):
-        endpoint.client_endpoint("", None)
+        server_url.client_endpoint("", None)
 
 
 # ------------------------------------------------------------------ the chart's dependency

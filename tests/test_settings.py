@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_profiles import plan_of
-from turbo import doctor, endpoint
+from turbo import doctor, server_url
 from turbo.errors import TurboError, UsageError
 from turbo.pins import load_pins
 from turbo.profiles import Overrides, env_port, resolve
@@ -98,7 +98,7 @@ def test_env_port_for_the_client_tasks() -> None:
 def test_verify_with_bad_port_env_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "abc")
     with pytest.raises(UsageError, match="PORT"):
-        endpoint.client_endpoint("", None)
+        server_url.client_endpoint("", None)
 
 
 def test_doctor_with_bad_port_env_fails_its_row(monkeypatch: pytest.MonkeyPatch) -> None:

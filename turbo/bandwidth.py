@@ -10,9 +10,9 @@ a kernel can reach on it today.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 
+from turbo import proc
 from turbo.ceiling import Bandwidth as Bandwidth
 from turbo.ceiling import spec_for as spec_for
 
@@ -26,18 +26,9 @@ def gpu_name() -> str | None:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
-    try:
-        proc = subprocess.run(
-            [smi, "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = proc.stdout.strip().splitlines()
-    return lines[0].strip() if proc.returncode == 0 and lines else None
+    res = proc.capture([smi, "--query-gpu=name", "--format=csv,noheader"], timeout=20)
+    lines = res.stdout.strip().splitlines()
+    return lines[0].strip() if res.ok and lines else None
 
 
 def measure_copy_gbs(nbytes: int = _COPY_BYTES, iters: int = 20) -> tuple[float | None, str]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from turbo import endpoint, limit
+from turbo import endpoint, limit, proc, server_url
 from turbo.bench_client import Meter as Meter
 from turbo.bench_client import Prompts as Prompts
 from turbo.bench_client import measure_one as measure_one
@@ -38,7 +38,6 @@ from turbo.bench_vllm import run_vllm_cell as run_vllm_cell
 from turbo.bench_vllm import run_watched as run_watched
 from turbo.bench_vllm import vllm_bench_argv as vllm_bench_argv
 from turbo.ceiling import Limit, cell_context, describe, for_cell
-from turbo.console import redact_argv
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, done
 
@@ -252,12 +251,37 @@ def dry_run_plan(
         if chosen == "vllm":
             name = f"vllm-p{p}-o{o}-c{c}.json"
             argv = vllm_bench_argv(ep, served_name, model, p, o, c, repeats, out_dir / "raw", name)
-            lines.append("      " + " ".join(redact_argv(argv)))
+            lines.append("      " + proc.describe(argv))
         else:
             lines.append(f"      builtin streaming client: {repeats * c} chat request(s)")
     lines.append(f"  roofline: {limit_note or 'from ' + model}")
     lines.append(f"  would write: {out_dir}/bench.json, bench.md, bench.png, raw/")
     return "\n".join(lines)
+
+
+def _dry_run(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    model: str,
+    grid: Grid,
+    repeats: int,
+    tool: str,
+    out_dir: Path,
+) -> str:
+    if not (Path(model) / "config.json").is_file():
+        note = f"no checkpoint at {model} (pass --model DIR for the roofline)"
+    else:
+        note = ""
+    return dry_run_plan(
+        ep,
+        served_name,
+        model=model,
+        grid=grid,
+        repeats=repeats,
+        tool=tool,
+        out_dir=out_dir,
+        limit_note=note,
+    )
 
 
 def command(
@@ -273,7 +297,7 @@ def command(
     model: str,
     out: str,
     chart: bool,
-    printer: Out = print,
+    say: Out = print,
     timeout: float = 120.0,
     bandwidth_gbs: float = 0.0,
     kv_dtype: str = "",
@@ -286,7 +310,7 @@ def command(
 
     pins = load_pins()
     sec = load_book().section("bench")
-    ep = endpoint.client_endpoint(url, port)
+    ep = server_url.client_endpoint(url, port)
     out_dir = Path(out) if out else paths.state_dir() / "bench" / time.strftime("%Y%m%d-%H%M%S")
     model = model or str(paths.model_dir(pins))
     # The copy is measured only on the serving machine: a remote server's GPU is not this one.
@@ -296,21 +320,10 @@ def command(
     streams = _ints(concurrency, [1], "concurrency")
     n_repeats = repeats or int(sec.get("repeats", 3))
     if dry_run:
-        if not (Path(model) / "config.json").is_file():
-            note = f"no checkpoint at {model} (pass --model DIR for the roofline)"
-        else:
-            note = ""
         grid = [(p, o, c) for c in streams for p in p_lens for o in o_lens]
         return done(
-            dry_run_plan(
-                ep,
-                served_name or pins.serve.served_name,
-                model=model,
-                grid=grid,
-                repeats=n_repeats,
-                tool=tool,
-                out_dir=out_dir,
-                limit_note=note,
+            _dry_run(
+                ep, served_name or pins.serve.served_name, model, grid, n_repeats, tool, out_dir
             )
         )
     lim, limit_note = limit.load(model, bandwidth_gbs or None, kv_dtype, measure=local)
@@ -326,7 +339,7 @@ def command(
         seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
         work=out_dir / "raw",
         timeout=timeout,
-        out=printer,
+        out=say,
         lim=lim,
         limit_note=limit_note,
     )

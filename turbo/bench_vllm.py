@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from turbo import endpoint
+from turbo import endpoint, proc
 from turbo.bench_data import Cell, Out, note_speculation
 from turbo.console import open_private
 from turbo.errors import TurboError, UsageError
@@ -140,11 +140,11 @@ def run_watched(
     last_count = before.get(gen)
     next_note = start + every
     with open_private(log, truncate=True) as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+        child = proc.start(argv, stdout=sink, stderr=subprocess.STDOUT)
         try:
             while True:
                 try:
-                    return proc.wait(timeout=min(1.0, every))
+                    return child.wait(timeout=min(1.0, every))
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.monotonic()
@@ -160,13 +160,7 @@ def run_watched(
                     out(f"      ... {now - start:.0f} s{made}")
                     next_note = now + every
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            proc.stop(child, grace=10)
 
 
 def choose_tool(tool: str, model: str) -> tuple[str, str]:

@@ -378,17 +378,3 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
-
-
-def client_endpoint(url: str, port: int | None) -> Endpoint:
-    """--url if given, else this machine's server on --port / PORT / the pinned port."""
-    from turbo.pins import load_pins
-
-    if url:
-        return parse_base(url)
-    pins = load_pins()
-    if port:
-        return endpoint_for(pins.serve.host, port)
-    from turbo.profiles import env_port
-
-    return endpoint_for(pins.serve.host, env_port(os.environ, pins.serve.port))

@@ -18,83 +18,19 @@ Everything else in the destination is someone else's:
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from turbo import contain
-from turbo.jsonfile import read_json, write_json_atomic
-from turbo.manifest import MANIFEST_NAME, ManifestFile
-
-STAGING = ".turbo-fetch"
-RECORD = "record.json"
-WRITER = "vllm-turbo fetch-model"
-ADOPT_FLAG = "--adopt-existing"
-SHOW = 6  # names listed in one line before "and N more"
-
-
-@dataclass
-class StagingRecord:
-    """What fetch-model wrote into ``<dest>/.turbo-fetch``: only these may be deleted there."""
-
-    repo: str
-    parts: list[str] = field(default_factory=list)
-    dirs: list[str] = field(default_factory=list)
-    done: dict[str, ManifestFile] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "writer": WRITER,
-            "repo": self.repo,
-            "parts": sorted(self.parts),
-            "dirs": sorted(self.dirs),
-            "done": {k: asdict(v) for k, v in sorted(self.done.items())},
-        }
-
-
-def staging_dir(dest: Path) -> Path:
-    return dest / STAGING
-
-
-def listing(names: list[str]) -> str:
-    shown = ", ".join(names[:SHOW])
-    return shown + (f" and {len(names) - SHOW} more" if len(names) > SHOW else "")
-
-
-def staging_problem(dest: Path) -> str | None:
-    """A staging path fetch-model must never write through (a symlink, or not a folder)."""
-    p = staging_dir(dest)
-    if p.is_symlink():
-        return (
-            f"{p} is a symlink (to {p.readlink()}); fetch-model writes its parts only into "
-            "a folder of its own"
-        )
-    if p.exists() and not p.is_dir():
-        return f"{p} exists and is not a folder"
-    return None
-
-
-def read_record(dest: Path) -> StagingRecord | None:
-    """The staging record; None when there is none, or it is not one of ours (malformed)."""
-    if staging_problem(dest) is not None:
-        return None
-    data = read_json(staging_dir(dest) / RECORD)
-    if data is None or data.get("writer") != WRITER:
-        return None
-    try:
-        parts = [str(p) for p in data.get("parts", [])]
-        dirs = [str(d) for d in data.get("dirs", [])]
-        done = {str(k): ManifestFile(**v) for k, v in dict(data.get("done", {})).items()}
-    except (TypeError, ValueError, AttributeError):
-        return None
-    # Only plain names inside the staging folder count as recorded.
-    parts = [p for p in parts if contain.lexical_problem(p) is None and "/" not in p]
-    dirs = [d for d in dirs if contain.lexical_problem(d) is None and "/" not in d]
-    return StagingRecord(str(data.get("repo", "")), parts, dirs, done)
-
-
-def write_record(dest: Path, record: StagingRecord) -> None:
-    write_json_atomic(staging_dir(dest) / RECORD, record.to_json())
+from turbo.fetch_data import (
+    ADOPT_FLAG,
+    RECORD,
+    STAGING,
+    StagingRecord,
+    read_record,
+    staging_dir,
+    staging_problem,
+    write_record,
+)
 
 
 def open_staging(dest: Path, repo: str, adopt: bool) -> StagingRecord:
@@ -163,24 +99,3 @@ def close_staging(dest: Path, record: StagingRecord) -> list[str]:
     if base.is_dir() and not left:
         base.rmdir()
     return left
-
-
-def unrelated_entries(dest: Path, names: set[str]) -> list[str]:
-    """Top-level entries of ``dest`` that are neither checkpoint files (``names``) nor ours."""
-    if not dest.is_dir():
-        return []
-    ours = names | {MANIFEST_NAME, STAGING}
-    out = []
-    for p in sorted(dest.iterdir()):
-        if p.name not in ours:
-            out.append(p.name + ("/" if p.is_dir() and not p.is_symlink() else ""))
-    return out
-
-
-def staging_strangers(dest: Path, record: StagingRecord | None) -> list[str]:
-    """Entries in the staging folder that its record does not list (never touched)."""
-    base = staging_dir(dest)
-    if record is None or not base.is_dir() or base.is_symlink():
-        return []
-    known = set(record.parts) | set(record.dirs) | {RECORD}
-    return sorted(f"{STAGING}/{p.name}" for p in base.iterdir() if p.name not in known)

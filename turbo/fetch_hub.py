@@ -17,11 +17,10 @@ from typing import Any
 from turbo import paths
 from turbo.console import redact
 from turbo.errors import TurboError, UsageError
-from turbo.fetch_plan import GB, Hub, RemoteFile, Request, truthy, wanted
+from turbo.fetch_data import GB, TOKEN_FIX, Hub, RemoteFile, Request, truthy, wanted
 from turbo.pins import Pins
 
 LOCK_FILE = "model-lock.json"
-TOKEN_FIX = "set HF_TOKEN or run `hf auth login`"
 
 
 class HubUnreachable(TurboError):

@@ -7,8 +7,7 @@
 from __future__ import annotations
 
 from turbo.errors import TurboError
-from turbo.fetch_dest import read_record
-from turbo.fetch_plan import FetchResult, Request, check_repo_matches, wanted
+from turbo.fetch_data import FetchResult, Request, check_repo_matches, read_record, wanted
 from turbo.manifest import check_local, hash_problems, manifest_path, read_manifest
 
 

@@ -1,175 +1,38 @@
-"""fetch-model's plan: what is asked, what the hub holds, and what to do with each file.
+"""fetch-model's plan: judge each file the hub lists against what the destination holds.
 
-The plain data the fetch stages pass between them (``Request``, ``RemoteFile``, ``Hub``,
-``Plan``, ``FetchResult``) lives here, with the judging that needs no network and no hashing:
-per file have / check / resume / fetch from what is on disk, what the destination holds that
-fetch-model did not write (see fetch_dest), and whether the download fits.
+Per file have / check / resume / fetch from what is on disk, what the destination holds that
+fetch-model did not write (see fetch_dest), and whether the download fits. No network and no
+hashing here: the hub's answers come in as plain data (fetch_data).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from turbo import contain, paths
+from turbo import paths
 from turbo.errors import TurboError
-from turbo.fetch_dest import (
-    ADOPT_FLAG,
+from turbo.fetch_data import (
+    ADOPT_FIX,
+    GB,
     STAGING,
+    FileAction,
+    Hub,
+    Plan,
+    RemoteFile,
+    Request,
     StagingRecord,
+    check_repo_matches,
     listing,
+    part_path,
     read_record,
     staging_dir,
     staging_problem,
     unrelated_entries,
 )
 from turbo.manifest import MANIFEST_NAME, Manifest, ManifestFile, ManifestUnusable, read_manifest
-
-GB = 1e9
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of the repo at the resolved commit, as the hub lists it."""
-
-    path: str
-    size: int
-    git_oid: str
-    sha256: str | None = None  # LFS files only: the hub publishes sha256 for those
-    xet_hash: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Content address: a part file can only ever continue the same bytes."""
-        return self.sha256 or self.git_oid
-
-
-@dataclass(frozen=True)
-class Hub:
-    endpoint: str
-    token: str | None = field(default=None, repr=False)
-    token_source: str = "none"
-
-
-@dataclass(frozen=True)
-class Request:
-    repo: str
-    dest: Path
-    revision: str  # what to resolve when nothing is recorded yet
-    revision_source: str  # "--revision", "pins", "lock" or "default"
-    include: tuple[str, ...]
-    margin_bytes: int
-    verify: bool = False
-    offline: bool = False
-    dry_run: bool = False
-    transport: str = "http"  # "http" (resumable) or "xet" (the hub client's hf_xet path)
-    retries: int = 5
-    backoff_s: float = 2.0
-    progress: bool = True
-    # Files in dest that fetch-model did not record may be replaced (and their folder used).
-    adopt_existing: bool = False
-
-
-@dataclass
-class FileAction:
-    file: RemoteFile
-    state: str  # have | check | resume | fetch
-    part_bytes: int = 0
-    note: str = ""
-    # Present at its final path but not recorded by fetch-model: someone else's until hashed
-    # equal to the hub's (kept) or adopted with --adopt-existing (replaced).
-    unrecorded: str = ""
-    foreign_part: bool = False  # its part file exists but fetch-model did not record it
-    entry: ManifestFile | None = None  # set once an unrecorded file hashed equal
-
-    @property
-    def to_download(self) -> int:
-        return self.file.size - self.part_bytes if self.state in ("resume", "fetch") else 0
-
-
-@dataclass
-class Plan:
-    request: Request
-    hub: Hub
-    commit: str
-    revision_source: str
-    actions: list[FileAction]
-    free_bytes: int
-    previous: Manifest | None = None
-    record: StagingRecord | None = None
-    unrelated: list[str] = field(default_factory=list)  # never touched; see fetch_dest
-    blocked: list[str] = field(default_factory=list)  # refused even with --adopt-existing
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(a.file.size for a in self.actions)
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(a.file.size for a in self.actions if a.file.path.endswith(".safetensors"))
-
-    @property
-    def download_bytes(self) -> int:
-        return sum(a.to_download for a in self.actions)
-
-    @property
-    def need_bytes(self) -> int:
-        return self.download_bytes + self.request.margin_bytes if self.download_bytes else 0
-
-
-@dataclass
-class FetchResult:
-    repo: str
-    revision: str
-    dest: Path
-    dry_run: bool
-    offline: bool
-    total_bytes: int
-    weights_bytes: int
-    download_bytes: int
-    free_bytes: int | None
-    files: list[dict[str, Any]]
-    downloaded_bytes: int = 0
-    resumed: dict[str, int] = field(default_factory=dict)
-    repaired: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    cleaned: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    manifest: str = ""
-    hub_env: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items()}
-        out["dest"] = str(self.dest)
-        return out
-
-
-def truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_env_summary(hub: Hub) -> dict[str, str]:
-    """What --dry-run shows of the hub settings (the token only as present or not)."""
-    return {
-        "HF_ENDPOINT": hub.endpoint,
-        "token": f"*** (from {hub.token_source})" if hub.token else "none",
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
-    }
-
-
-def wanted(path: str, include: Iterable[str]) -> bool:
-    """Top-level files matching the include patterns: vLLM reads the model dir's root only."""
-    return (
-        "/" not in path
-        and contain.lexical_problem(path) is None
-        and any(fnmatch.fnmatchcase(path, pat) for pat in include)
-    )
 
 
 def free_bytes(path: Path) -> int:
@@ -186,10 +49,6 @@ def _recorded(entry: ManifestFile | None, f: RemoteFile) -> bool:
     if f.sha256:
         return entry.sha256 == f.sha256
     return bool(entry.git_oid) and entry.git_oid == f.git_oid
-
-
-def part_path(dest: Path, f: RemoteFile) -> Path:
-    return staging_dir(dest) / f"{f.key}.part"
 
 
 def plan_actions(
@@ -239,15 +98,6 @@ def plan_actions(
     return actions
 
 
-def check_repo_matches(req: Request, previous: Manifest | None) -> None:
-    if previous is not None and previous.repo != req.repo:
-        raise TurboError(
-            f"fetch-model into {req.dest}",
-            f"that directory holds {previous.repo}, not {req.repo}",
-            "Pick another --dest (or MODEL) for this variant.",
-        )
-
-
 def previous_manifest(req: Request) -> tuple[Manifest | None, list[str]]:
     """The manifest already in DEST (None when absent or unusable) and notes on it."""
     notes: list[str] = []
@@ -255,7 +105,7 @@ def previous_manifest(req: Request) -> tuple[Manifest | None, list[str]]:
         previous = read_manifest(req.dest)
     except ManifestUnusable as err:
         # Not trusted, not fatal: every file it would have vouched for is hashed against the
-        # hub instead, and a new manifest is written (item: no dead end on a corrupt one).
+        # hub instead, and a new manifest is written: a corrupt manifest is no dead end.
         previous = None
         notes.append(
             f"{MANIFEST_NAME} is unusable ({err.why}); the files here are hashed against "
@@ -347,18 +197,6 @@ def dest_refusal(plan: Plan) -> TurboError | None:
     )
 
 
-ADOPT_FIX = (
-    "Use an empty or new --dest, move them away, or pass "
-    f"{ADOPT_FLAG} (checkpoint files that differ from the hub's are then replaced; "
-    "other files are left alone)."
-)
-
-
-def left_alone(plan: Plan, extra: list[str]) -> str | None:
-    names = plan.unrelated + extra
-    return f"left alone (not written by fetch-model): {listing(names)}" if names else None
-
-
 def check_disk(plan: Plan) -> None:
     """Fail before writing anything when the download cannot fit."""
     need = plan.need_bytes
@@ -371,38 +209,3 @@ def check_disk(plan: Plan) -> None:
             f"{plan.free_bytes / GB:.1f} GB free on the filesystem of {where}",
             "Free space there, or fetch to a bigger disk with --dest or MODEL=...",
         )
-
-
-def file_rows(plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "path": a.file.path,
-            "size": a.file.size,
-            "state": a.state,
-            "to_download": a.to_download,
-            "sha256": a.file.sha256 or "",
-            "note": a.note,
-        }
-        for a in plan.actions
-    ]
-
-
-def result_of(plan: Plan) -> FetchResult:
-    req = plan.request
-    return FetchResult(
-        repo=req.repo,
-        revision=plan.commit,
-        dest=req.dest,
-        dry_run=req.dry_run,
-        offline=False,
-        total_bytes=plan.total_bytes,
-        weights_bytes=plan.weights_bytes,
-        download_bytes=plan.download_bytes,
-        free_bytes=plan.free_bytes,
-        files=file_rows(plan),
-        hub_env=hub_env_summary(plan.hub),
-        notes=[
-            f"revision {req.revision!r} ({plan.revision_source}) -> commit {plan.commit}",
-            *plan.notes,
-        ],
-    )

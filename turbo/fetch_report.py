@@ -9,30 +9,27 @@ from __future__ import annotations
 from turbo import paths
 from turbo.console import redact, render_table
 from turbo.errors import TurboError
-from turbo.fetch_dest import (
-    ADOPT_FLAG,
-    STAGING,
-    listing,
-    read_record,
-    staging_dir,
-    staging_problem,
-    staging_strangers,
-    unrelated_entries,
-)
-from turbo.fetch_hub import hub_from_env
-from turbo.fetch_plan import (
+from turbo.fetch_data import (
     ADOPT_FIX,
+    ADOPT_FLAG,
     GB,
+    STAGING,
     FetchResult,
     Hub,
     Plan,
     Request,
     hub_env_summary,
     left_alone,
+    listing,
+    read_record,
     result_of,
+    staging_dir,
+    staging_problem,
+    staging_strangers,
+    unrelated_entries,
     wanted,
 )
-from turbo.manifest import MANIFEST_NAME
+from turbo.manifest_data import MANIFEST_NAME
 from turbo.pins import Pins
 
 
@@ -60,9 +57,11 @@ def dry_run_result(plan: Plan, refusal: TurboError | None) -> FetchResult:
     return result
 
 
-def dry_run_without_hub(req: Request, pins: Pins, err: TurboError, free: int) -> FetchResult:
+def dry_run_without_hub(
+    req: Request, pins: Pins, err: TurboError, free: int, hub: Hub
+) -> FetchResult:
     """What --dry-run can still say when the hub is unreachable: the pinned plan (``free``:
-    the bytes free where DEST would be)."""
+    the bytes free where DEST would be; ``hub``: the settings it would have been asked with)."""
     size = int(pins.model.size_gb * GB) if req.repo in pins.model.variants.values() else 0
     return FetchResult(
         repo=req.repo,
@@ -75,11 +74,11 @@ def dry_run_without_hub(req: Request, pins: Pins, err: TurboError, free: int) ->
         download_bytes=size,
         free_bytes=free,
         files=[{"path": pat, "size": None, "state": "pattern"} for pat in req.include],
-        hub_env=hub_env_summary(hub_from_env()),
+        hub_env=hub_env_summary(hub),
         problems=[f"hub not consulted: {err.why}", *_foreign_without_hub(req)],
         notes=[
             f"revision {req.revision!r} ({req.revision_source}), not resolved",
-            would_request(req, hub_from_env(), "<commit>"),
+            would_request(req, hub, "<commit>"),
             f"sizes from pins (~{pins.model.size_gb:g} GB); need "
             f"{(size + req.margin_bytes) / GB:.1f} GB with margin, "
             f"{free / GB:.1f} GB free at {paths.nearest_existing(req.dest)}",

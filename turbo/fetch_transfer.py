@@ -1,10 +1,9 @@
-"""fetch-model's transfer: ranged GETs into content-addressed part files, hash-checked.
+"""fetch-model's transfer: one file from the hub into its content-addressed part file.
 
 The hub client writes each download to a process-unique ``*.incomplete`` file, so a killed run
 of it starts every unfinished shard over. Here the bytes go into a stable
-``<dest>/.turbo-fetch/<hash>.part``: a run picks the part up where it stopped, checks its hash,
-and only then moves it into place. The manifest is written last, so its presence means the copy
-is complete.
+``<dest>/.turbo-fetch/<hash>.part`` with ranged GETs: a run picks the part up where it stopped
+and hashes it as it grows. Checking the hash and moving the file into place is the command's.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +21,9 @@ import requests
 # Hashing is looked up on the manifest module at call time, so a test that forbids hashing
 # there (tests/test_fetch_offline.py) sees every hash this module would take.
 from turbo import manifest as manifest_mod
-from turbo.console import redact, strip_url_credentials
+from turbo.console import redact
 from turbo.errors import TurboError
-from turbo.fetch_dest import (
-    ADOPT_FLAG,
-    close_staging,
-    listing,
-    open_staging,
-    own,
-    remove_stale_parts,
-    staging_dir,
-    write_record,
-)
-from turbo.fetch_hub import TOKEN_FIX, hub_error, lock_path, probe_access, read_lock
-from turbo.fetch_plan import (
-    ADOPT_FIX,
-    FetchResult,
-    FileAction,
-    Plan,
-    RemoteFile,
-    dest_refusal,
-    left_alone,
-    part_path,
-    result_of,
-    truthy,
-)
-from turbo.jsonfile import write_json_atomic
-from turbo.manifest import (
-    INDEX_NAME,
-    Manifest,
-    ManifestFile,
-    check_local,
-    index_shards,
-    write_manifest,
-)
+from turbo.fetch_data import TOKEN_FIX, Plan, RemoteFile, own, part_path, staging_dir, truthy
 
 CHUNK = 1 << 20
 
@@ -276,11 +243,17 @@ def _retry_or_give_up(
     time.sleep(min(backoff_s * 2 ** (part.failures - 1), 60.0))
 
 
-def download_xet(plan: Plan, f: RemoteFile, log: Callable[[str], None]) -> tuple[Path, str]:
+def download_xet(
+    plan: Plan,
+    f: RemoteFile,
+    log: Callable[[str], None],
+    fail: Callable[[Exception], TurboError],
+) -> tuple[Path, str]:
     """The hub client's own download (hf_xet when the file is Xet-backed), into staging.
 
     Faster on the real hub, but a killed run restarts this file (hf_xet keeps no partial file
-    we can continue); the result is hashed and checked like any other download.
+    we can continue); the result is hashed and checked like any other download. ``fail`` turns
+    the hub client's exception into the line to stop with.
     """
     from huggingface_hub import hf_hub_download
 
@@ -300,7 +273,7 @@ def download_xet(plan: Plan, f: RemoteFile, log: Callable[[str], None]) -> tuple
             )
         )
     except Exception as exc:
-        raise hub_error(exc, req, hub, plan.commit) from exc
+        raise fail(exc) from exc
     part = part_path(req.dest, f)
     os.replace(got, part)
     log(f"{f.path}: fetched by huggingface_hub (xet path)")
@@ -315,165 +288,4 @@ def xet_usable(f: RemoteFile) -> bool:
         bool(f.xet_hash)
         and not truthy(os.environ.get("HF_HUB_DISABLE_XET"))
         and importlib.util.find_spec("hf_xet") is not None
-    )
-
-
-def _identity(f: RemoteFile, path: Path, sha256: str | None = None) -> tuple[bool, ManifestFile]:
-    """Hash ``path`` and say whether it is exactly ``f`` (sha256 for LFS, git blob id else)."""
-    digest = sha256 or manifest_mod.sha256_file(path)
-    oid = f.git_oid if f.sha256 else manifest_mod.git_blob_oid(path)
-    ok = path.stat().st_size == f.size and (digest == f.sha256 if f.sha256 else oid == f.git_oid)
-    return ok, ManifestFile(f.path, f.size, digest, oid)
-
-
-def _vet_unrecorded(plan: Plan, log: Callable[[str], None], result: FetchResult) -> None:
-    """Hash every right-sized file fetch-model did not record, before anything is written:
-    equal to the hub's, it is kept; different, it is replaced only with --adopt-existing."""
-    differ: list[FileAction] = []
-    for a in plan.actions:
-        if a.state != "check" or not a.unrecorded:
-            continue
-        ok, entry = _identity(a.file, plan.request.dest / a.file.path)
-        if ok:
-            log(f"{a.file.path}: not recorded, hash matches the hub: kept")
-            a.state, a.entry = "have", entry
-        else:
-            differ.append(a)
-    if differ and not plan.request.adopt_existing:
-        names = [f"{a.file.path} (not recorded; its hash differs from the hub's)" for a in differ]
-        raise TurboError(
-            f"fetch-model into {plan.request.dest}",
-            f"it holds files fetch-model did not write: {listing(names)}",
-            ADOPT_FIX,
-        )
-    for a in differ:
-        log(f"{a.file.path}: not recorded and differs from the hub's: replaced ({ADOPT_FLAG})")
-        result.repaired.append(a.file.path)
-        a.state = "fetch"
-
-
-def _check_index(dest: Path, files: list[RemoteFile]) -> None:
-    shards = index_shards(dest)
-    if shards is None:
-        return
-    listed = {f.path for f in files}
-    missing = [s for s in shards if s not in listed]
-    if shards == [] or missing:
-        raise TurboError(
-            f"{INDEX_NAME} in {dest}",
-            f"names shards the hub does not list: {', '.join(missing[:3]) or '(no weight_map)'}",
-            "The checkpoint is inconsistent at this revision; pick another one with --revision.",
-        )
-
-
-def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
-    """Carry out a plan: resume, fetch, hash-check and move each file; manifest last.
-
-    Nothing is written until every file fetch-model did not record has been vetted."""
-    req = plan.request
-    result = result_of(plan)
-    refusal = dest_refusal(plan)
-    if refusal is not None:
-        raise refusal
-    _vet_unrecorded(plan, log, result)
-    req.dest.mkdir(parents=True, exist_ok=True)
-    record = open_staging(req.dest, req.repo, req.adopt_existing)
-    plan.record = record
-    keep = {part_path(req.dest, a.file).name for a in plan.actions}
-    for a in plan.actions:
-        if a.foreign_part:  # only reachable with --adopt-existing
-            own(req.dest, record, part=part_path(req.dest, a.file).name)
-    result.cleaned = remove_stale_parts(req.dest, record, keep)
-    for c in result.cleaned:
-        log(f"removed leftover {c}")
-    recorded = plan.previous.by_path() if plan.previous else {}
-    session = requests.Session()
-    entries: list[ManifestFile] = []
-    for action in plan.actions:
-        f, final = action.file, req.dest / action.file.path
-        entry = action.entry or record.done.get(f.path) or recorded.get(f.path)
-        if action.state == "have" and entry is not None:
-            entries.append(entry)
-            record.done[f.path] = entry
-            continue
-        if action.state == "check":
-            ok, entry = _identity(f, final)
-            if ok:
-                log(f"{f.path}: hash matches the hub")
-                entries.append(entry)
-                record.done[f.path] = entry
-                write_record(req.dest, record)
-                continue
-            log(f"{f.path}: hash differs from the hub's; re-fetching")
-            result.repaired.append(f.path)
-        elif action.unrecorded and f.path not in result.repaired:
-            result.repaired.append(f.path)  # someone else's, let go with --adopt-existing
-        entry = _fetch_one(plan, f, session, result, log)
-        # Replaces a recorded file, or one the user let go with --adopt-existing (a symlink is
-        # replaced itself; its target is never written).
-        os.replace(part_path(req.dest, f), final)
-        entries.append(entry)
-        record.done[f.path] = entry
-        write_record(req.dest, record)
-        if f.path == INDEX_NAME:
-            _check_index(req.dest, [a.file for a in plan.actions])
-    manifest = Manifest(
-        repo=req.repo,
-        revision=plan.commit,
-        files=tuple(entries),
-        fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        requested_revision=req.revision,
-        # What was asked for: a later run with other patterns must ask the hub again.
-        extra={"include": list(req.include)},
-        # The manifest outlives the run and travels to other machines: no credentials in it.
-        endpoint=strip_url_credentials(plan.hub.endpoint),
-    )
-    problems = check_local(req.dest, manifest)
-    if problems:
-        raise TurboError(
-            f"fetch-model into {req.dest}", "; ".join(problems[:3]), "Re-run the same command."
-        )
-    result.manifest = str(write_manifest(req.dest, manifest))
-    left = left_alone(plan, close_staging(req.dest, record))
-    if left:
-        result.notes.append(left)
-        log(left)
-    lock = read_lock()
-    lock[req.repo] = {"revision": plan.commit, "requested": req.revision, "at": manifest.fetched_at}
-    write_json_atomic(lock_path(), lock)
-    log(f"manifest written: {result.manifest}")
-    return result
-
-
-def _fetch_one(
-    plan: Plan,
-    f: RemoteFile,
-    session: requests.Session,
-    result: FetchResult,
-    log: Callable[[str], None],
-) -> ManifestFile:
-    """Download one file into its part and check it; a bad hash is retried once from zero."""
-    req = plan.request
-    for attempt in (1, 2):
-        probe_access(req, plan.hub, plan.commit, f)
-        if req.transport == "xet" and xet_usable(f):
-            part, digest = download_xet(plan, f, log)
-            result.downloaded_bytes += f.size
-        else:
-            if req.transport == "xet" and f.path.endswith(".safetensors"):
-                result.notes.append(f"{f.path}: no Xet hash or hf_xet missing; used HTTP")
-            part, digest, counts = download_http(plan, f, session, log)
-            result.downloaded_bytes += counts.sent
-            if counts.resumed_from:
-                result.resumed[f.path] = counts.resumed_from
-        ok, entry = _identity(f, part, digest)
-        if ok:
-            log(f"{f.path}: {f.size} bytes, sha256 {digest[:16]}... ok")
-            return entry
-        part.unlink(missing_ok=True)
-        log(f"{f.path}: downloaded bytes do not match the hub's hash (attempt {attempt})")
-    raise TurboError(
-        f"download of {f.path}",
-        "the downloaded bytes do not match the hub's hash, twice",
-        "Re-run later; if it repeats, a proxy may alter downloads.",
     )

@@ -10,65 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from turbo import contain
 from turbo.errors import TurboError
 from turbo.jsonfile import write_json_atomic
+from turbo.manifest_data import INDEX_NAME as INDEX_NAME
+from turbo.manifest_data import MANIFEST_NAME as MANIFEST_NAME
+from turbo.manifest_data import SCHEMA_VERSION as SCHEMA_VERSION
+from turbo.manifest_data import Manifest as Manifest
+from turbo.manifest_data import ManifestFile as ManifestFile
 
-MANIFEST_NAME = "turbo-manifest.json"
-INDEX_NAME = "model.safetensors.index.json"
-SCHEMA_VERSION = 1
 HASH_BLOCK = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    path: str
-    size: int
-    sha256: str
-    # Git's blob id: the only hash the hub publishes for small (non-LFS) files.
-    git_oid: str = ""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    repo: str
-    revision: str
-    files: tuple[ManifestFile, ...]
-    fetched_at: str
-    requested_revision: str = ""
-    endpoint: str = ""
-    schema: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def weights_bytes(self) -> int:
-        """Bytes of weights (``*.safetensors``): what serve's memory-fit estimate needs."""
-        return sum(f.size for f in self.files if f.path.endswith(".safetensors"))
-
-    def by_path(self) -> dict[str, ManifestFile]:
-        return {f.path: f for f in self.files}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "repo": self.repo,
-            "revision": self.revision,
-            "requested_revision": self.requested_revision,
-            "endpoint": self.endpoint,
-            "fetched_at": self.fetched_at,
-            "total_bytes": self.total_bytes,
-            "weights_bytes": self.weights_bytes,
-            "files": [asdict(f) for f in self.files],
-            **({"extra": self.extra} if self.extra else {}),
-        }
 
 
 def manifest_path(model_dir: Path) -> Path:

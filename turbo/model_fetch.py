@@ -10,17 +10,39 @@ tests use are re-exported here.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import requests
+
 from turbo import paths
-from turbo.console import redact
+from turbo.console import redact, strip_url_credentials
 from turbo.errors import TurboError
-from turbo.fetch_dest import STAGING
+from turbo.fetch_data import (
+    GB,
+    STAGING,
+    TOKEN_FIX,
+    FetchResult,
+    FileAction,
+    Hub,
+    Plan,
+    RemoteFile,
+    Request,
+    StagingRecord,
+    check_repo_matches,
+    hub_env_summary,
+    left_alone,
+    own,
+    part_path,
+    result_of,
+    wanted,
+    write_record,
+)
+from turbo.fetch_dest import close_staging, open_staging, remove_stale_parts
 from turbo.fetch_hub import (
     LOCK_FILE,
-    TOKEN_FIX,
     HubUnreachable,
     build_request,
     hub_error,
@@ -33,30 +55,30 @@ from turbo.fetch_hub import (
 )
 from turbo.fetch_local import check_offline, complete_locally
 from turbo.fetch_plan import (
-    GB,
-    FetchResult,
-    FileAction,
-    Hub,
-    Plan,
-    RemoteFile,
-    Request,
     check_disk,
-    check_repo_matches,
     dest_refusal,
     free_bytes,
-    hub_env_summary,
-    part_path,
     plan_actions,
     plan_files,
     previous_manifest,
     resolve_revision,
     survey_dest,
-    wanted,
 )
 from turbo.fetch_report import dry_run_result, render, would_request
 from turbo.fetch_report import dry_run_without_hub as _dry_run_without_hub
-from turbo.fetch_transfer import CHUNK, download_http, download_xet, execute, xet_usable
-from turbo.manifest import git_blob_oid, sha256_file
+from turbo.fetch_transfer import CHUNK, download_http, download_xet, xet_usable
+from turbo.fetch_verify import check_index, identity, vet_unrecorded
+from turbo.jsonfile import write_json_atomic
+from turbo.manifest import (
+    INDEX_NAME,
+    Manifest,
+    ManifestFile,
+    check_local,
+    git_blob_oid,
+    sha256_file,
+    write_manifest,
+)
+from turbo.outcome import Outcome, done
 from turbo.pins import Pins
 
 __all__ = [
@@ -119,7 +141,7 @@ def make_plan(req: Request, hub: Hub) -> Plan:
 
 def dry_run_without_hub(req: Request, pins: Pins, err: TurboError) -> FetchResult:
     """What --dry-run can still say when the hub is unreachable: the pinned plan."""
-    return _dry_run_without_hub(req, pins, err, free_bytes(req.dest))
+    return _dry_run_without_hub(req, pins, err, free_bytes(req.dest), hub_from_env())
 
 
 def fetch_model(
@@ -145,9 +167,10 @@ def fetch_model(
     return execute(plan, log)
 
 
-def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
+def run(pins: Pins, **options: Any) -> Outcome:
     """What the CLI does: build the request, fetch (or dry-run, or check offline) with a log
-    file, and return the text to print. Expected failures raise TurboError."""
+    file. The outcome's text is the summary, its data the result as JSON-able data; secrets
+    are out of both. Expected failures raise TurboError."""
     from turbo.console import TaskLog
 
     req = build_request(pins, **options)
@@ -172,6 +195,151 @@ def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
         elif unwritable:
             result.problems.append(f"would fail: {unwritable}. {where_fix}")
         tlog.write(render(result))
-    if as_json:
-        return redact(json.dumps(result.to_json(), indent=2, default=str))
-    return render(result)
+    return done(render(result), _redacted(result.to_json()))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string passed through redact (what --json may print)."""
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
+
+
+def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:
+    """Carry out a plan: resume, fetch, hash-check and move each file; manifest last.
+
+    Nothing is written until every file fetch-model did not record has been vetted."""
+    req = plan.request
+    result = result_of(plan)
+    refusal = dest_refusal(plan)
+    if refusal is not None:
+        raise refusal
+    vet_unrecorded(plan, log, result)
+    req.dest.mkdir(parents=True, exist_ok=True)
+    record = open_staging(req.dest, req.repo, req.adopt_existing)
+    plan.record = record
+    keep = {part_path(req.dest, a.file).name for a in plan.actions}
+    for a in plan.actions:
+        if a.foreign_part:  # only reachable with --adopt-existing
+            own(req.dest, record, part=part_path(req.dest, a.file).name)
+    result.cleaned = remove_stale_parts(req.dest, record, keep)
+    for c in result.cleaned:
+        log(f"removed leftover {c}")
+    session = requests.Session()
+    entries = [_place(plan, a, record, session, result, log) for a in plan.actions]
+    _finish(plan, entries, record, result, log)
+    return result
+
+
+def _place(
+    plan: Plan,
+    action: FileAction,
+    record: StagingRecord,
+    session: requests.Session,
+    result: FetchResult,
+    log: Callable[[str], None],
+) -> ManifestFile:
+    """One file into place (kept, checked, or fetched), recorded as done; its manifest entry."""
+    req = plan.request
+    recorded = plan.previous.by_path() if plan.previous else {}
+    f, final = action.file, req.dest / action.file.path
+    entry = action.entry or record.done.get(f.path) or recorded.get(f.path)
+    if action.state == "have" and entry is not None:
+        record.done[f.path] = entry
+        return entry
+    if action.state == "check":
+        ok, entry = identity(f, final)
+        if ok:
+            log(f"{f.path}: hash matches the hub")
+            record.done[f.path] = entry
+            write_record(req.dest, record)
+            return entry
+        log(f"{f.path}: hash differs from the hub's; re-fetching")
+        result.repaired.append(f.path)
+    elif action.unrecorded and f.path not in result.repaired:
+        result.repaired.append(f.path)  # someone else's, let go with --adopt-existing
+    entry = _fetch_one(plan, f, session, result, log)
+    # Replaces a recorded file, or one the user let go with --adopt-existing (a symlink is
+    # replaced itself; its target is never written).
+    os.replace(part_path(req.dest, f), final)
+    record.done[f.path] = entry
+    write_record(req.dest, record)
+    if f.path == INDEX_NAME:
+        check_index(req.dest, [a.file for a in plan.actions])
+    return entry
+
+
+def _finish(
+    plan: Plan,
+    entries: list[ManifestFile],
+    record: StagingRecord,
+    result: FetchResult,
+    log: Callable[[str], None],
+) -> None:
+    """Every file in place: check the copy, write the manifest, close staging, pin the lock."""
+    req = plan.request
+    manifest = Manifest(
+        repo=req.repo,
+        revision=plan.commit,
+        files=tuple(entries),
+        fetched_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        requested_revision=req.revision,
+        # What was asked for: a later run with other patterns must ask the hub again.
+        extra={"include": list(req.include)},
+        # The manifest outlives the run and travels to other machines: no credentials in it.
+        endpoint=strip_url_credentials(plan.hub.endpoint),
+    )
+    problems = check_local(req.dest, manifest)
+    if problems:
+        raise TurboError(
+            f"fetch-model into {req.dest}", "; ".join(problems[:3]), "Re-run the same command."
+        )
+    result.manifest = str(write_manifest(req.dest, manifest))
+    left = left_alone(plan, close_staging(req.dest, record))
+    if left:
+        result.notes.append(left)
+        log(left)
+    lock = read_lock()
+    lock[req.repo] = {"revision": plan.commit, "requested": req.revision, "at": manifest.fetched_at}
+    write_json_atomic(lock_path(), lock)
+    log(f"manifest written: {result.manifest}")
+
+
+def _fetch_one(
+    plan: Plan,
+    f: RemoteFile,
+    session: requests.Session,
+    result: FetchResult,
+    log: Callable[[str], None],
+) -> ManifestFile:
+    """Download one file into its part and check it; a bad hash is retried once from zero."""
+    req = plan.request
+    for attempt in (1, 2):
+        probe_access(req, plan.hub, plan.commit, f)
+        if req.transport == "xet" and xet_usable(f):
+            part, digest = download_xet(
+                plan, f, log, lambda exc: hub_error(exc, req, plan.hub, plan.commit)
+            )
+            result.downloaded_bytes += f.size
+        else:
+            if req.transport == "xet" and f.path.endswith(".safetensors"):
+                result.notes.append(f"{f.path}: no Xet hash or hf_xet missing; used HTTP")
+            part, digest, counts = download_http(plan, f, session, log)
+            result.downloaded_bytes += counts.sent
+            if counts.resumed_from:
+                result.resumed[f.path] = counts.resumed_from
+        ok, entry = identity(f, part, digest)
+        if ok:
+            log(f"{f.path}: {f.size} bytes, sha256 {digest[:16]}... ok")
+            return entry
+        part.unlink(missing_ok=True)
+        log(f"{f.path}: downloaded bytes do not match the hub's hash (attempt {attempt})")
+    raise TurboError(
+        f"download of {f.path}",
+        "the downloaded bytes do not match the hub's hash, twice",
+        "Re-run later; if it repeats, a proxy may alter downloads.",
+    )

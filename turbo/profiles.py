@@ -16,11 +16,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from turbo import memfit, schema
 from turbo.errors import TurboError, UsageError
-from turbo.pins import Pins
+from turbo.setting_values import (
+    RULES,
+    ArgValue,
+    env_port,
+    parse_value,
+    typed_value,
+)
+
+__all__ = [
+    "RULES",
+    "ArgValue",
+    "Overrides",
+    "PinnedServe",
+    "Profile",
+    "ProfileBook",
+    "describe",
+    "env_port",
+    "load_book",
+    "parse_value",
+    "profiles_path",
+    "resolve",
+    "typed_value",
+]
 
 PROFILES_RESOURCE = "profiles.toml"
 KINDS = ("serve", "ray-head", "ray-worker")
@@ -29,8 +51,6 @@ KINDS = ("serve", "ray-head", "ray-worker")
 DEVICES = ("cuda", "cpu")
 # Settings that are not vLLM flags but fill "{...}" placeholders or drive the cluster setup.
 CLUSTER_SETTINGS = ("head", "node-ip")
-
-ArgValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -231,128 +251,7 @@ def load_book(path: Path | None = None) -> ProfileBook:
     )
 
 
-def parse_value(text: str) -> ArgValue:
-    """``--set`` values: true/false become flags, numbers stay numbers, the rest is text."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What a setting's value must be: its type and, for numbers, its range."""
-
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False  # lo itself is not allowed
-    note: str = ""
-    pattern: str = ""  # for text: what the whole value must match
-
-    def problem(self, value: object) -> str | None:
-        """Why a value from a data file does not fit, or None."""
-        want = self.note or _KIND_WORDS.get(self.kind, self.kind.__name__)
-        if isinstance(value, bool) != (self.kind is bool):
-            return f"must be {want}{_span(self)}"
-        if self.kind is bool:
-            return None
-        if self.kind is str:
-            ok = isinstance(value, str) and re.fullmatch(self.pattern or ".*", value)
-            return None if ok else f"must be {want}"
-        if self.kind in (int, float) and not isinstance(value, int | float):
-            return f"must be {want}{_span(self)}"
-        if self.kind is int and not isinstance(value, int):
-            return f"must be {want}{_span(self)}"
-        if isinstance(value, int | float):
-            low = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
-            if low or (self.hi is not None and value > self.hi):
-                return f"must be {want}{_span(self)}"
-        return None
-
-
-# Settings with a known meaning and range. Others keep the type of the value they replace.
-RULES: dict[str, Rule] = {
-    "port": Rule(int, 1, 65535, note="a TCP port number"),
-    # An IPv4/IPv6 address or a host name: what vLLM can bind.
-    "host": Rule(str, note="an address to bind", pattern=r"[A-Za-z0-9.:%-]+"),
-    "served-model-name": Rule(str, note="a model name without spaces", pattern=r"\S+"),
-    "gpu-memory-utilization": Rule(float, 0, 1, lo_open=True, note="a share of memory"),
-    "max-model-len": Rule(int, 1),
-    "max-num-seqs": Rule(int, 1),
-    "max-num-batched-tokens": Rule(int, 1),
-    "tensor-parallel-size": Rule(int, 1, 64),
-    "pipeline-parallel-size": Rule(int, 1, 64),
-    "nnodes": Rule(int, 1, 64),
-    "node-rank": Rule(int, 0, 63),
-}
-_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def typed_value(
-    key: str, text: str, current: ArgValue | None, where: str, name: str = ""
-) -> ArgValue:
-    """``text`` as a value for setting ``key``, or one line saying why it cannot be.
-
-    ``where`` names the source for the message (``--set port``, ``PORT (environment)``) and
-    ``name`` what the user writes (``PORT``; default ``key``)."""
-    rule = RULES.get(key) or (Rule(type(current)) if current is not None else None)
-    if rule is None:
-        return parse_value(text)
-    value = text if rule.kind is str else parse_value(text)
-    ok = (
-        (rule.kind is bool and isinstance(value, bool))
-        or (rule.kind is int and isinstance(value, int) and not isinstance(value, bool))
-        or (rule.kind is float and isinstance(value, int | float) and not isinstance(value, bool))
-        or rule.kind is str
-    )
-    span = _span(rule)
-    what = rule.note or _KIND_WORDS.get(rule.kind, rule.kind.__name__)
-    if not ok:
-        raise UsageError(
-            f"{where} {text!r}",
-            f"is not {what}{span}",
-            f"Pass {_KIND_WORDS.get(rule.kind, 'a value')}{span}, "
-            f"e.g. {name or key}={_example(rule, current)}.",
-        )
-    if rule.pattern and not re.fullmatch(rule.pattern, str(value)):
-        raise UsageError(
-            f"{where} {text!r}",
-            f"is not {what}",
-            f"Pass e.g. {name or key}={_example(rule, current)}.",
-        )
-    if rule.kind is float:
-        value = float(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        low_bad = rule.lo is not None and (value < rule.lo or (rule.lo_open and value == rule.lo))
-        if low_bad or (rule.hi is not None and value > rule.hi):
-            raise UsageError(
-                f"{where} {text!r}",
-                f"is out of range for {key} ({what}{span})",
-                f"Pass a value{span}, e.g. {name or key}={_example(rule, current)}.",
-            )
-    return value
-
-
-def _span(rule: Rule) -> str:
-    lo, hi = rule.lo, rule.hi
-    if lo is None:
-        return ""
-    if hi is None:
-        return f" {'above' if rule.lo_open else 'of at least'} {lo:g}"
-    return f" {'above' if rule.lo_open else 'from'} {lo:g} {'up ' if rule.lo_open else ''}to {hi:g}"
-
-
-def _example(rule: Rule, current: ArgValue | None) -> str:
-    if current is not None and current != "":
-        return str(current).lower() if isinstance(current, bool) else str(current)
-    return {bool: "true", int: str(int(rule.lo or 1)), float: "0.8"}.get(rule.kind, "x")
 
 
 def _address(text: str, where: str) -> str:
@@ -369,14 +268,6 @@ def _address(text: str, where: str) -> str:
         ) from None
 
 
-def env_port(environ: Mapping[str, str], default: int) -> int:
-    """PORT from the environment (the seed's name), checked, else ``default``."""
-    text = environ.get("PORT", "")
-    if not text.strip():
-        return default
-    return int(typed_value("port", text.strip(), default, f"PORT={text!r}", "PORT"))
-
-
 def _parse_set(item: str) -> tuple[str, str]:
     key, eq, value = item.partition("=")
     key = key.strip().removeprefix("--")
@@ -389,9 +280,45 @@ def _parse_set(item: str) -> tuple[str, str]:
     return key, value
 
 
+class _ServeLocation(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def served_name(self) -> str: ...
+
+
+class _ModelLocation(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+class PinnedServe(Protocol):
+    """What :func:`resolve` needs of the pins (:class:`turbo.pins.Pins` has it): the serve
+    address and name, and the model's path. A protocol, not an import, so the profiles stand
+    beside the pins rather than above them."""
+
+    @property
+    def serve(self) -> _ServeLocation: ...
+    @property
+    def model(self) -> _ModelLocation: ...
+
+
+@dataclass
+class _Draft:
+    """A profile while the overrides are applied, lowest precedence first."""
+
+    args: dict[str, ArgValue]
+    env: dict[str, str]
+    model: str
+    settings: dict[str, str] = field(default_factory=dict)
+    env_set: dict[str, str | None] = field(default_factory=dict)
+
+
 def resolve(
     name: str,
-    pins: Pins,
+    pins: PinnedServe,
     overrides: Overrides | None = None,
     environ: Mapping[str, str] | None = None,
     book: ProfileBook | None = None,
@@ -399,13 +326,34 @@ def resolve(
     """The profile ``name`` with pins, defaults, environment names and overrides merged."""
     b = book or load_book()
     ov = overrides or Overrides()
-    env_src = os.environ if environ is None else environ
     if name not in b.profiles:
         raise UsageError(
             f"profile {name!r}", "is not defined", f"Choose one of: {', '.join(b.names())}."
         )
     raw = b.profiles[name]
     kind = str(raw["kind"])
+    draft = _from_book(b, raw, kind, pins)
+    _apply_env_names(draft, b, os.environ if environ is None else environ)
+    _apply_sets(draft, name, ov.sets)
+    _apply_overrides(draft, ov)
+    _check_port(draft.args.get("port"))
+    return Profile(
+        name=name,
+        kind=kind,
+        description=str(raw.get("description", "")),
+        cluster=bool(raw.get("cluster", False)),
+        model=draft.model,
+        args=draft.args,
+        env=draft.env,
+        extra=list(ov.extra),
+        settings=draft.settings,
+        env_set=draft.env_set,
+        device=str(raw.get("device", "cuda")),
+    )
+
+
+def _from_book(b: ProfileBook, raw: Mapping[str, Any], kind: str, pins: PinnedServe) -> _Draft:
+    """The pins, then [defaults] (serve profiles that do not opt out), then the profile."""
     args: dict[str, ArgValue] = {
         "host": pins.serve.host,
         "port": pins.serve.port,
@@ -418,26 +366,29 @@ def resolve(
     args.update(raw.get("args", {}))
     env = dict(b.defaults_env) if inherit else {}
     env.update({k: str(v) for k, v in raw.get("env", {}).items()})
-    model = pins.model.path
-    settings: dict[str, str] = {}
+    return _Draft(args, env, pins.model.path)
 
-    # The seed's environment names: only those that are set, each mapped to one known key.
+
+def _apply_env_names(draft: _Draft, b: ProfileBook, env_src: Mapping[str, str]) -> None:
+    """The seed's environment names: only those that are set, each mapped to one known key."""
     for env_name, key in b.env_names.items():
         value = env_src.get(env_name)
         if not value:
             continue
         if key == "model":
-            model = value
+            draft.model = value
         elif key in CLUSTER_SETTINGS:
-            settings[key] = _address(value, f"{env_name} (environment)")
+            draft.settings[key] = _address(value, f"{env_name} (environment)")
         else:
-            args[key] = typed_value(
-                key, value, args.get(key), f"{env_name} (environment)", env_name
+            draft.args[key] = typed_value(
+                key, value, draft.args.get(key), f"{env_name} (environment)", env_name
             )
 
-    valid = sorted({*args, "model", *CLUSTER_SETTINGS})
-    env_set: dict[str, str | None] = {}
-    for item in ov.sets:
+
+def _apply_sets(draft: _Draft, name: str, sets: Sequence[str]) -> None:
+    """``--set key=value`` (``env.NAME=value`` for the server's environment)."""
+    valid = sorted({*draft.args, "model", *CLUSTER_SETTINGS})
+    for item in sets:
         key, value = _parse_set(item)
         if key.startswith("env."):
             # Any variable may be set for the server; an empty value removes the profile's.
@@ -448,7 +399,7 @@ def resolve(
                     "is not an environment variable name",
                     "Write it as --set env.NAME=value, e.g. env.NCCL_DEBUG=WARN.",
                 )
-            env_set[var] = value or None
+            draft.env_set[var] = value or None
             continue
         if key not in valid:
             near = difflib.get_close_matches(key, valid, n=1)
@@ -459,38 +410,27 @@ def resolve(
                 f"{hint}Valid keys: {', '.join(valid)}, env.NAME; pass other vLLM flags after --.",
             )
         if key == "model":
-            model = value
+            draft.model = value
         elif key in CLUSTER_SETTINGS:
-            settings[key] = _address(value, f"--set {key}")
+            draft.settings[key] = _address(value, f"--set {key}")
         elif value == "":
-            del args[key]
+            del draft.args[key]
         else:
-            args[key] = typed_value(key, value, args.get(key), f"--set {key}")
+            draft.args[key] = typed_value(key, value, draft.args.get(key), f"--set {key}")
 
+
+def _apply_overrides(draft: _Draft, ov: Overrides) -> None:
+    """--model, --port, --host, --head, --node-ip: the strongest of the named settings."""
     if ov.model:
-        model = ov.model
+        draft.model = ov.model
     if ov.port is not None:
-        args["port"] = ov.port
+        draft.args["port"] = ov.port
     if ov.host:
-        args["host"] = ov.host
+        draft.args["host"] = ov.host
     if ov.head:
-        settings["head"] = ov.head
+        draft.settings["head"] = ov.head
     if ov.node_ip:
-        settings["node-ip"] = ov.node_ip
-    _check_port(args.get("port"))
-    return Profile(
-        name=name,
-        kind=kind,
-        description=str(raw.get("description", "")),
-        cluster=bool(raw.get("cluster", False)),
-        model=model,
-        args=args,
-        env=env,
-        extra=list(ov.extra),
-        settings=settings,
-        env_set=env_set,
-        device=str(raw.get("device", "cuda")),
-    )
+        draft.settings["node-ip"] = ov.node_ip
 
 
 def _check_port(value: ArgValue | None) -> None:

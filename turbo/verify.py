@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from turbo import endpoint
+from turbo import endpoint, server_url
 from turbo.checks import FAIL as FAIL
 from turbo.checks import PASS as PASS
 from turbo.checks import WARN as WARN
@@ -269,7 +269,7 @@ def command(
             "--max-tokens and --timeout must be positive, --wait not negative",
             "For example --max-tokens 1024 --timeout 120.",
         )
-    ep = endpoint.client_endpoint(url, port)
+    ep = server_url.client_endpoint(url, port)
     steps = run(
         ep,
         served_name or load_pins().serve.served_name,
