@@ -4,68 +4,43 @@ config and every shard's safetensors header (the tensor table; the weights stay 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from turbo import contain, safetensors_header
 from turbo.errors import TurboError
 from turbo.traffic import Quant, Tensor
-
-_HEADER_MAX = 100 * 2**20
 
 
 def read_header(path: Path) -> list[Tensor]:
     """The tensor table of one safetensors file: 8-byte length, then JSON; data untouched."""
     try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("shorter than its 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > _HEADER_MAX:
-                raise ValueError(f"header length {n} is implausible")
-            meta = json.loads(f.read(n))
-        size = path.stat().st_size
-    except (OSError, ValueError) as exc:
+        header = safetensors_header.read(path)
+    except OSError as exc:
         raise TurboError(
             str(path), f"is not a readable safetensors file ({exc})", "Re-fetch the model."
         ) from exc
-    if not isinstance(meta, dict):
-        raise TurboError(str(path), "has a header that is not a JSON object", "Re-fetch it.")
-    out: list[Tensor] = []
-    end = 0
-    for name, info in meta.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = str(info["dtype"])
-            shape = tuple(int(d) for d in info["shape"])
-            begin, stop = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TurboError(
-                str(path), f"tensor {name!r} has a malformed entry", "Re-fetch it."
-            ) from exc
-        out.append(Tensor(name, dtype, shape, stop - begin))
-        end = max(end, stop)
-    if 8 + n + end > size:
+    except safetensors_header.BadHeader as exc:
+        raise TurboError(str(path), str(exc), "Re-fetch the model.") from exc
+    if header.expected_size > header.size:
         raise TurboError(
             str(path),
-            f"is truncated ({size} bytes, its header says {8 + n + end})",
+            f"is truncated ({header.size} bytes, its header says {header.expected_size})",
             "Re-fetch the model (`invoke fetch-model --verify`).",
         )
-    return out
+    return [Tensor(t.name, t.dtype, t.shape, t.nbytes) for t in header.tensors]
 
 
 def _inside(root: Path, name: str) -> Path:
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
+    index = root / "model.safetensors.index.json"
+    fix = "Use a checkpoint whose index names files inside it."
+    try:
+        return contain.inside(root, name, source=str(index), fix=fix)
+    except contain.Escape:
         raise TurboError(
-            str(root / "model.safetensors.index.json"),
-            f"names a shard outside the model directory ({name!r})",
-            "Use a checkpoint whose index names files inside it.",
-        )
-    return path
+            str(index), f"names a shard outside the model directory ({name!r})", fix
+        ) from None
 
 
 def read_quant(model_dir: Path, config: Mapping[str, Any]) -> Quant | None:
