@@ -20,7 +20,6 @@ from typing import Any
 import requests
 
 from turbo import paths
-from turbo.console import redact, strip_url_credentials
 from turbo.errors import TurboError
 from turbo.fetch_data import (
     GB,
@@ -82,6 +81,7 @@ from turbo.manifest import (
 )
 from turbo.outcome import Outcome, done
 from turbo.pins import Pins
+from turbo.redact import redact, strip_url_credentials
 
 __all__ = [
     "CHUNK",
