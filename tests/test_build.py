@@ -330,6 +330,58 @@ def test_bad_ref_is_one_line_and_nonzero() -> None:
 
 
 
+
+def test_steps_run_by_their_kind_not_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renaming every step changes no action: each still does its own work, and the cubin
+    step's shown argv (a placeholder for each .so) is never run as a command."""
+    import dataclasses
+
+    from turbo import build_steps, patching, source
+
+    planned = build_steps.make_plan
+
+    def renamed(*args: Any) -> build.BuildPlan:
+        plan = planned(*args)
+        steps = [dataclasses.replace(s, name=f"step {i}") for i, s in enumerate(plan.steps)]
+        return dataclasses.replace(plan, steps=steps)
+
+    did: list[str] = []
+    ran: list[list[str]] = []
+
+    def fetch(repo: str, commit: str, dest: Path, **_: Any) -> source.SourceTree:
+        did.append("fetch")
+        (dest / "requirements").mkdir(parents=True)
+        (dest / "requirements" / "build.txt").write_text("cmake>=3.26\nsetuptools\n")
+        return source.SourceTree(dest, "git", commit, commit)
+
+    def apply(tree: Path, ref: str) -> patching.PatchReport:
+        did.append("patches")
+        return patching.PatchReport(src=str(tree), ref=ref, action="apply", applied=["p"])
+
+    def cubins(tool: str, so_files: list[Path]) -> dict[str, list[str]]:
+        did.append("cubins")
+        return {"_C.abi3.so": ["sm_121a"]}
+
+    def run(step: build.Step, *_: Any, **__: Any) -> list[str]:
+        assert step.argv is not None
+        ran.append(step.argv)
+        return []
+
+    monkeypatch.setattr(build_steps, "make_plan", renamed)
+    monkeypatch.setattr(source, "fetch_commit", fetch)
+    monkeypatch.setattr(patching, "apply_series", apply)
+    monkeypatch.setattr(build, "cubin_targets", cubins)
+    monkeypatch.setattr(build, "run_step", run)
+    said: list[str] = []
+    res = build.build(build.BuildOptions(python=PY), PINS, host=SparkHost(), echo=said.append)
+    assert did == ["fetch", "patches", "cubins"]
+    assert not any(arg.startswith("<") for argv in ran for arg in argv), ran
+    assert [argv[1:] for argv in ran][0] == ["use_existing_torch.py"]
+    assert (paths.state_dir() / "build" / "build-requirements.txt").read_text() == "setuptools\n"
+    st = res.stamp
+    assert st["result"] == "ok" and st["cubins"]["gb10"] and st["patches"]["applied"] == ["p"]
+    assert st["extension_load"]["ok"] and "==> step 0" in said
+
 # --------------------------------------------------------------------------- two nodes (#8)
 NODE = {"result": "ok", "commit": PINS.vllm.commit, "patch_digest": "p" * 64, "arch_list": "12.1a",
         "target": "cuda", "torch": "2.10.0+cu130", "cuda": "13.0", "machine": "aarch64",

@@ -167,3 +167,31 @@ def test_moving_a_checkout_never_discards_someone_elses_edits(
     req.write_text(req.read_text() + "# stripped by use_existing_torch.py\n")
     tree = source.fetch_commit(url, older, dest)
     assert tree.commit == older
+
+
+def test_moving_a_checkout_never_deletes_files_it_did_not_write(
+        upstream: tuple[str, list[str]], clone: tuple[source.SourceTree, Path],
+        tmp_path: Path) -> None:
+    """Untracked files someone put in VLLM_SRC stop the move in one line naming them, and stay;
+    git-ignored build output does not stop it and is kept (the next build is incremental)."""
+    url, (older, wanted) = upstream
+    dest = _copy(clone, tmp_path)
+    notes = dest / "my-notes.txt"
+    notes.write_text("keep me")
+    (dest / "vllm" / "experiments").mkdir()
+    mine = dest / "vllm" / "experiments" / "try.py"
+    mine.write_text("print('mine')\n")
+    with pytest.raises(TurboError) as err:
+        source.fetch_commit(url, older, dest)
+    line = err.value.line()
+    assert "my-notes.txt" in line and "vllm/experiments/try.py" in line and "\n" not in line
+    assert "--src" in err.value.fix
+    assert notes.read_text() == "keep me" and mine.read_text() == "print('mine')\n"
+    assert git(dest, "rev-parse", "HEAD") == wanted
+    notes.unlink()
+    shutil.rmtree(mine.parent)
+    built = dest / "build" / "temp.o"  # vLLM's .gitignore covers build/
+    built.parent.mkdir()
+    built.write_text("object")
+    assert source.fetch_commit(url, older, dest).commit == older
+    assert built.read_text() == "object"

@@ -17,15 +17,15 @@ import hashlib
 import json
 import platform
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import build, paths, safetensors_header, stamp
+from turbo import paths, proc, safetensors_header, stamp
 from turbo.build_verdict import gb10_verdict as gb10_verdict
+from turbo.cubins import cubin_targets, gb10_ok
 from turbo.errors import TurboError, UsageError
 from turbo.manifest import (
     INDEX_NAME,
@@ -92,12 +92,10 @@ def interpreter_of(exe: Path) -> Path:
 
 
 def probe_vllm(python: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [str(python), "-c", _PROBE], capture_output=True, text=True, timeout=300, check=False
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None)
-    if proc.returncode != 0 or line is None:
-        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    res = proc.capture([str(python), "-c", _PROBE], timeout=300)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("TURBO-PROBE ")), None)
+    if not res.ok or line is None:
+        last = (res.stderr.strip().splitlines() or [res.why() or f"exit {res.rc}"])[-1]
         raise TurboError(f"probing {python}", last, "Pass --vllm with a working vLLM install.")
     data: dict[str, Any] = json.loads(line[len("TURBO-PROBE ") :])
     if "error" in data:
@@ -115,6 +113,30 @@ def target_of(dist: str, version: str, location: Path) -> str:
     if "rocm" in low or any(location.glob("_rocm_C*.so")):
         return "rocm"
     return "cuda"
+
+
+def _refuse_replacing_a_local_build() -> None:
+    old = stamp.read_stamp()
+    if (
+        old is not None
+        and old.get("result") == stamp.OK
+        and (old.get("source") or {}).get("kind") != "adopted"
+    ):
+        raise TurboError(
+            "adopt-vllm",
+            f"{paths.stamp_path()} records a vLLM built here ({str(old.get('commit'))[:12]})",
+            "Pass --force to replace it with the adopted install.",
+        )
+
+
+def _cubins_of(location: Path, tool: str | None) -> tuple[dict[str, Any], str | None]:
+    """The cubin targets of every shared object under ``location``, and the arch list they
+    make (None without cuobjdump, or when no object carries a cubin)."""
+    if not tool:
+        return {"targets": {}, "gb10": None, "why": "no cuobjdump to list cubin targets"}, None
+    found = cubin_targets(tool, sorted(location.rglob("*.so")))
+    arch_list = ";".join(sorted({t for ts in found.values() for t in ts})) or None
+    return {"targets": found, "gb10": gb10_ok(found)}, arch_list
 
 
 def adopt_vllm(
@@ -137,18 +159,8 @@ def adopt_vllm(
     if not exe.is_file():
         raise UsageError("adopt-vllm", f"{exe} is not a file", "Pass --vllm /path/to/bin/vllm.")
     python = interpreter_of(exe)
-    old = stamp.read_stamp()
-    if (
-        old is not None
-        and old.get("result") == stamp.OK
-        and (old.get("source") or {}).get("kind") != "adopted"
-        and not force
-    ):
-        raise TurboError(
-            "adopt-vllm",
-            f"{paths.stamp_path()} records a vLLM built here ({str(old.get('commit'))[:12]})",
-            "Pass --force to replace it with the adopted install.",
-        )
+    if not force:
+        _refuse_replacing_a_local_build()
     info = probe_vllm(python)
     location = Path(str(info["location"]))
     dist = str(info.get("dist") or "vllm")
@@ -157,14 +169,7 @@ def adopt_vllm(
     cubins: dict[str, Any] | None = None
     arch_list: str | None = None
     if target == "cuda":
-        tool = cuobjdump or shutil.which("cuobjdump")
-        so_files = sorted(location.rglob("*.so"))
-        if tool:
-            found = build.cubin_targets(tool, so_files)
-            cubins = {"targets": found, "gb10": build.gb10_ok(found)}
-            arch_list = ";".join(sorted({t for ts in found.values() for t in ts})) or None
-        else:
-            cubins = {"targets": {}, "gb10": None, "why": "no cuobjdump to list cubin targets"}
+        cubins, arch_list = _cubins_of(location, cuobjdump or shutil.which("cuobjdump"))
     record_digest = hashlib.sha256(str(info.get("record", "")).encode()).hexdigest()
     data: dict[str, Any] = {
         "result": stamp.OK,

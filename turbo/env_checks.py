@@ -22,7 +22,7 @@ from turbo import vllm_requirements as vr
 from turbo.checks import FAIL, PASS, WARN, Check
 from turbo.host import Host, find_cuda_tool
 
-# The packages whose versions decide whether vLLM imports and builds (issue 11 names them).
+# The packages whose versions decide whether vLLM imports and builds.
 WATCHED = (
     "torch",
     "triton",

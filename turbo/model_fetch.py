@@ -10,7 +10,6 @@ tests use are re-exported here.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -79,6 +78,7 @@ from turbo.manifest import (
     sha256_file,
     write_manifest,
 )
+from turbo.outcome import Outcome, done
 from turbo.pins import Pins
 
 __all__ = [
@@ -167,9 +167,10 @@ def fetch_model(
     return execute(plan, log)
 
 
-def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
+def run(pins: Pins, **options: Any) -> Outcome:
     """What the CLI does: build the request, fetch (or dry-run, or check offline) with a log
-    file, and return the text to print. Expected failures raise TurboError."""
+    file. The outcome's text is the summary, its data the result as JSON-able data; secrets
+    are out of both. Expected failures raise TurboError."""
     from turbo.console import TaskLog
 
     req = build_request(pins, **options)
@@ -194,9 +195,18 @@ def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
         elif unwritable:
             result.problems.append(f"would fail: {unwritable}. {where_fix}")
         tlog.write(render(result))
-    if as_json:
-        return redact(json.dumps(result.to_json(), indent=2, default=str))
-    return render(result)
+    return done(render(result), _redacted(result.to_json()))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string passed through redact (what --json may print)."""
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:

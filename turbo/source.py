@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
+from turbo import proc
 from turbo.errors import TurboError
 
 GIT_TIMEOUT_S = 1800.0
@@ -32,38 +32,26 @@ class SourceTree:
     commit: str | None  # HEAD for git trees
 
 
-def _git_env() -> dict[str, str]:
-    # Never prompt for credentials or open an editor: a build runs unattended.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "LC_ALL": "C"}
+# Never prompt for credentials or open an editor: a build runs unattended.
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true", "LC_ALL": "C"}
 
 
 def run_git(argv: list[str], cwd: Path) -> str:
     """Run one git command (argv list); a failure becomes a TurboError naming the command."""
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            env=_git_env(),
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError as exc:
+    res = proc.capture(argv, cwd=cwd, env=_GIT_ENV, timeout=GIT_TIMEOUT_S)
+    if res.fault == proc.MISSING:
         raise TurboError(
             "git", "git is not installed", "Install git (the pixi environment has it)."
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
+        )
+    if res.fault == proc.TIMEOUT:
         raise TurboError(
             " ".join(argv[:3]),
             f"no answer in {GIT_TIMEOUT_S:.0f} s",
             "Check the network or use --src with a local checkout.",
-        ) from exc
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        why = err[-1] if err else f"exit {proc.returncode}"
-        raise TurboError(" ".join(argv[:4]), why, "See the message; re-run after fixing it.")
-    return proc.stdout
+        )
+    if not res.ok:
+        raise TurboError(" ".join(argv[:4]), res.why(), "See the message; re-run after fixing it.")
+    return res.stdout
 
 
 def require_commit_hash(ref: str) -> str:
@@ -149,10 +137,12 @@ def fetch_commit(
         if on_tree_change is not None:
             on_tree_change(dest)
         _refuse_foreign_edits(dest, commit, runner)
+        _refuse_untracked(dest, commit, runner)
         runner(["git", "remote", "set-url", "origin", repo], dest)
         _fetch_step(runner, fetch_argv(repo, commit)[2], dest, repo, commit)
-        # -f: files touched by use_existing_torch.py are ours to discard; untracked build
-        # output (git-ignored) is kept so the next build is incremental.
+        # --force: files touched by use_existing_torch.py are ours to discard. Untracked
+        # files were refused above and git-ignored build output is kept, so the next build is
+        # incremental and nothing else is removed.
         runner(
             [
                 "git",
@@ -166,7 +156,6 @@ def fetch_commit(
             ],
             dest,
         )
-        runner(["git", "clean", "-fdq"], dest)
         _verify_head(dest, commit, runner)
         return SourceTree(dest, "git", commit, commit)
     partial = dest.with_name(dest.name + ".partial")
@@ -198,15 +187,34 @@ def _refuse_foreign_edits(dest: Path, commit: str, runner: Runner) -> None:
     edited = [line[3:] for line in status.splitlines() if len(line) > 3]
     foreign = [rel for rel in edited if not _ours_to_discard(rel)]
     if foreign:
-        shown = ", ".join(foreign[:6]) + (
-            f" and {len(foreign) - 6} more" if len(foreign) > 6 else ""
-        )
         raise TurboError(
             f"vLLM source {dest}",
-            f"has edits build-vllm did not make ({shown}); moving it to {commit[:12]} would "
-            "discard them",
+            f"has edits build-vllm did not make ({_shown(foreign)}); moving it to "
+            f"{commit[:12]} would discard them",
             f"Commit or stash them (git -C {dest} stash), or build this tree as it is "
             f"with --src {dest}.",
+        )
+
+
+def _shown(names: list[str]) -> str:
+    more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+    return ", ".join(names[:6]) + more
+
+
+def _refuse_untracked(dest: Path, commit: str, runner: Runner) -> None:
+    """Untracked files that git does not ignore were put there by someone, not by the build
+    (its output is git-ignored, its patches are reverted just before): moving the tree to
+    another commit leaves them mixed into that commit's tree, and removing them would lose
+    someone's work. Refuse, naming them."""
+    listed = runner(["git", "ls-files", "--others", "--exclude-standard", "-z"], dest)
+    untracked = sorted(name for name in listed.split("\0") if name)
+    if untracked:
+        raise TurboError(
+            f"vLLM source {dest}",
+            f"holds files git does not track and build-vllm did not write ({_shown(untracked)}); "
+            f"they would be mixed into the tree at {commit[:12]}",
+            f"Move them out of {dest} (or add them to .git/info/exclude), or build this tree "
+            f"as it is with --src {dest}.",
         )
 
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from turbo import activation, paths
+from turbo.build_types import TARGETS as TARGETS
+from turbo.build_types import Toolchain as Toolchain
 from turbo.checks import PASS
 from turbo.errors import TurboError
 from turbo.host import Host, check_ptxas_sm121a, find_cuda_tool
 from turbo.pins import Pins
-
-# Build targets we support: "cuda" is the real GB10 build; "empty" is vLLM's own
-# VLLM_TARGET_DEVICE=empty mode (Python only, no extensions), used on CPU machines and in tests.
-TARGETS = ("cuda", "empty")
 
 # Reads torch's version and CUDA version without importing torch (which takes seconds): the
 # no-op check must stay under two seconds.
@@ -46,34 +44,6 @@ print(json.dumps(out))
 MIN_CMAKE = (3, 26)
 # nvcc 13.0 accepts host gcc from 6 up to 15 (its host_config.h); conda-forge builds use 14.
 GCC_RANGE = (6, 15)
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    """What the build will use; recorded in the stamp so a rebuild is forced when it changes."""
-
-    target: str
-    python: str
-    python_version: str
-    machine: str
-    torch: str
-    torch_cuda: str | None
-    nvcc: str | None = None
-    cuda: str | None = None
-    gcc: str | None = None
-    cmake: str | None = None
-    ninja: str | None = None
-    ccache: str | None = None
-    cuobjdump: str | None = None
-    torch_error: str | None = None
-    vllm_installed: str | None = None
-
-    def versions(self) -> dict[str, str | None]:
-        return {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("python", "torch_error", "vllm_installed")
-        }
 
 
 def _fail(what: str, why: str, fix: str) -> TurboError:
@@ -146,15 +116,17 @@ def check_toolchain(
     target: str,
     need_disk_gb: float | None = None,
     host: Host | None = None,
+    probed: Toolchain | None = None,
 ) -> Toolchain:
     """Every check the build needs, in the order a user would fix them; the first failure
-    raises :class:`TurboError` with what to do."""
+    raises :class:`TurboError` with what to do. ``probed``: this command's quick probe, so the
+    interpreter and nvcc are asked once."""
     if target not in TARGETS:
         raise TurboError(
             "build target", f"unknown target {target!r}", f"Use one of: {', '.join(TARGETS)}."
         )
     h = host or Host()
-    tc = quick_probe(pins, python=python, target=target, host=h)
+    tc = probed or quick_probe(pins, python=python, target=target, host=h)
     if tc.torch_error or not tc.torch:
         raise _fail(
             "torch",
@@ -162,85 +134,109 @@ def check_toolchain(
             f"Install the pinned torch {pins.toolchain.torch} (the pixi environment has "
             "it: `pixi install`).",
         )
-    fields: dict[str, str | None] = {}
     if target == "cuda":
-        want_torch, want_cuda = pins.toolchain.torch, pins.toolchain.cuda
-        if tc.torch.split("+")[0] != want_torch:
-            raise _fail(
-                "torch",
-                f"torch {tc.torch} is installed, the pin is {want_torch}",
-                "Use the pixi environment (`pixi install` restores the pin); a build "
-                "against another torch would not load with the pinned one.",
-            )
-        if tc.torch_cuda != want_cuda:
-            built_for = tc.torch_cuda or "none (CPU build)"
-            raise _fail(
-                "torch",
-                f"torch {tc.torch} is built for CUDA {built_for}, want CUDA {want_cuda}",
-                f"Install torch from {pins.toolchain.torch_index} (the pixi environment does).",
-            )
-        if not tc.nvcc:
-            raise _fail(
-                "nvcc",
-                "nvcc not found (neither $CUDA_HOME/bin nor PATH)",
-                "Run inside the pixi environment or set CUDA_HOME to a CUDA 13 toolkit.",
-            )
-        if not tc.cuda or tc.cuda.split(".")[0] != want_cuda.split(".")[0]:
-            raise _fail(
-                "nvcc",
-                f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
-                "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).",
-            )
-        home = h.env.get("CUDA_HOME") or h.env.get("CUDA_PATH")
-        missing = activation.build_layout_problems(Path(home)) if home else []
-        if home and Path(home).is_dir() and missing:
-            # conda-forge's layout without the activation's view: vLLM's CMake would stop at
-            # torch's FindCUDA a minute in; say it now, with where the headers are.
-            found = activation.find_cuda_include([Path(home)])
-            raise _fail(
-                "cuda headers",
-                f"{home} lacks {', '.join(missing)}, where vLLM's CMake and torch look"
-                + (f" (the headers are in {found})" if found else ""),
-                "Run through pixi (`pixi run build-vllm`: its activation script makes the "
-                "view CUDA_HOME points at) or set CUDA_HOME to a standard-layout CUDA 13.",
-            )
+        _check_torch_pin(tc, pins)
+        _check_nvcc(tc, pins)
+        _check_cuda_headers(h)
         ptx = check_ptxas_sm121a(h)
         if ptx.status != PASS:
             raise _fail("ptxas", ptx.detail, ptx.fix)
-        gcc_path, gcc_line = _tool_version(
-            h, "gcc", "gcc", "Install gcc 14 (the pixi environment has it)."
+        tc = _check_build_tools(h, tc)
+    _check_disk(h, pins.build.disk_gb if need_disk_gb is None else need_disk_gb)
+    return tc
+
+
+def _check_torch_pin(tc: Toolchain, pins: Pins) -> None:
+    want_torch, want_cuda = pins.toolchain.torch, pins.toolchain.cuda
+    if tc.torch.split("+")[0] != want_torch:
+        raise _fail(
+            "torch",
+            f"torch {tc.torch} is installed, the pin is {want_torch}",
+            "Use the pixi environment (`pixi install` restores the pin); a build "
+            "against another torch would not load with the pinned one.",
         )
-        major = (_version_tuple(gcc_line.split(")")[-1] or gcc_line) or (0,))[0]
-        if not GCC_RANGE[0] <= major <= GCC_RANGE[1]:
-            raise _fail(
-                "gcc",
-                f"gcc {major} at {gcc_path}: nvcc {tc.cuda} accepts gcc "
-                f"{GCC_RANGE[0]}-{GCC_RANGE[1]}",
-                "Use the pixi environment's gcc 14.",
-            )
-        fields["gcc"] = gcc_line
-        cmake_path, cmake_line = _tool_version(
-            h, "cmake", "cmake", "Install cmake >= 3.26 (the pixi environment has it)."
+    if tc.torch_cuda != want_cuda:
+        built_for = tc.torch_cuda or "none (CPU build)"
+        raise _fail(
+            "torch",
+            f"torch {tc.torch} is built for CUDA {built_for}, want CUDA {want_cuda}",
+            f"Install torch from {pins.toolchain.torch_index} (the pixi environment does).",
         )
-        if _version_tuple(cmake_line)[:2] < MIN_CMAKE:
-            raise _fail(
-                "cmake",
-                f"{cmake_line} at {cmake_path} is older than 3.26",
-                "Use the pixi environment's cmake.",
-            )
-        fields["cmake"] = cmake_line
-        _, ninja_line = _tool_version(
-            h,
-            "ninja",
-            "ninja",
-            "Install ninja (the pixi environment "
-            "has it); without it the build is serial and has no "
-            "progress count.",
+
+
+def _check_nvcc(tc: Toolchain, pins: Pins) -> None:
+    want_cuda = pins.toolchain.cuda
+    if not tc.nvcc:
+        raise _fail(
+            "nvcc",
+            "nvcc not found (neither $CUDA_HOME/bin nor PATH)",
+            "Run inside the pixi environment or set CUDA_HOME to a CUDA 13 toolkit.",
         )
-        fields["ninja"] = ninja_line
-        fields["ccache"] = h.which("ccache")
-        fields["cuobjdump"] = find_cuda_tool(h, "cuobjdump")
-    need = pins.build.disk_gb if need_disk_gb is None else need_disk_gb
+    if not tc.cuda or tc.cuda.split(".")[0] != want_cuda.split(".")[0]:
+        raise _fail(
+            "nvcc",
+            f"{tc.nvcc} is CUDA {tc.cuda or 'unknown'}, want {want_cuda}.x",
+            "Point CUDA_HOME at a CUDA 13 toolkit (the pixi environment's).",
+        )
+
+
+def _check_cuda_headers(h: Host) -> None:
+    home = h.env.get("CUDA_HOME") or h.env.get("CUDA_PATH")
+    missing = activation.build_layout_problems(Path(home)) if home else []
+    if home and Path(home).is_dir() and missing:
+        # conda-forge's layout without the activation's view: vLLM's CMake would stop at
+        # torch's FindCUDA a minute in; say it now, with where the headers are.
+        found = activation.find_cuda_include([Path(home)])
+        raise _fail(
+            "cuda headers",
+            f"{home} lacks {', '.join(missing)}, where vLLM's CMake and torch look"
+            + (f" (the headers are in {found})" if found else ""),
+            "Run through pixi (`pixi run build-vllm`: its activation script makes the "
+            "view CUDA_HOME points at) or set CUDA_HOME to a standard-layout CUDA 13.",
+        )
+
+
+def _check_build_tools(h: Host, tc: Toolchain) -> Toolchain:
+    """gcc in nvcc's accepted range, cmake new enough, ninja; ccache and cuobjdump if there.
+    Returns ``tc`` with the tools found."""
+    gcc_path, gcc_line = _tool_version(
+        h, "gcc", "gcc", "Install gcc 14 (the pixi environment has it)."
+    )
+    major = (_version_tuple(gcc_line.split(")")[-1] or gcc_line) or (0,))[0]
+    if not GCC_RANGE[0] <= major <= GCC_RANGE[1]:
+        raise _fail(
+            "gcc",
+            f"gcc {major} at {gcc_path}: nvcc {tc.cuda} accepts gcc {GCC_RANGE[0]}-{GCC_RANGE[1]}",
+            "Use the pixi environment's gcc 14.",
+        )
+    cmake_path, cmake_line = _tool_version(
+        h, "cmake", "cmake", "Install cmake >= 3.26 (the pixi environment has it)."
+    )
+    if _version_tuple(cmake_line)[:2] < MIN_CMAKE:
+        raise _fail(
+            "cmake",
+            f"{cmake_line} at {cmake_path} is older than 3.26",
+            "Use the pixi environment's cmake.",
+        )
+    _, ninja_line = _tool_version(
+        h,
+        "ninja",
+        "ninja",
+        "Install ninja (the pixi environment "
+        "has it); without it the build is serial and has no "
+        "progress count.",
+    )
+    return replace(
+        tc,
+        gcc=gcc_line,
+        cmake=cmake_line,
+        ninja=ninja_line,
+        ccache=h.which("ccache"),
+        cuobjdump=find_cuda_tool(h, "cuobjdump"),
+    )
+
+
+def _check_disk(h: Host, need: float) -> None:
     where = paths.state_dir()
     free = h.disk_free_gb(where)
     if free < need:
@@ -250,10 +246,8 @@ def check_toolchain(
             f"needs ~{need:.0f} GB",
             "Free space there or move the state directory with TURBO_HOME.",
         )
-    return Toolchain(**{**asdict(tc), **fields})
 
 
-def ccache_dir() -> Path:
-    """ccache's store lives in the per-user cache so every checkout (and a rebuild after
-    `rm -rf .turbo`) reuses it."""
-    return paths.cache_dir() / "ccache"
+def installed_vllm(python: str, host: Host | None = None) -> str | None:
+    """The vLLM distribution's version in ``python``'s environment (with its local tag)."""
+    return probe_python(host or Host(), python).get("vllm")

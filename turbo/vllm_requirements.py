@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from turbo import proc
 from turbo.errors import TurboError
 
 # torch and its companions: pixi pins torch (CUDA 13.0 index); vLLM's use_existing_torch.py
@@ -223,6 +223,7 @@ def one_line(diffs: list[Difference]) -> str:
 
 # --------------------------------------------------------------------------- installed set
 # Run in the target interpreter: every distribution it sees, with its requirements.
+PROBE_TIMEOUT_S = 300.0
 INSTALLED_PROBE = """
 import importlib.metadata as m, json
 out = {}
@@ -246,15 +247,14 @@ class Installed:
 
 
 def probe_installed(python: str) -> Installed:
-    proc = subprocess.run(
-        [python, "-c", INSTALLED_PROBE], capture_output=True, text=True, check=False
-    )
+    res = proc.capture([python, "-c", INSTALLED_PROBE], timeout=PROBE_TIMEOUT_S)
     try:
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        data = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
+        said = (res.error or res.stderr).strip()[:200]
         raise TurboError(
             "listing installed packages",
-            f"{python} did not answer ({proc.stderr.strip()[:200] or proc.returncode})",
+            f"{python} did not answer ({said or res.rc})",
             "Run inside the pixi environment or pass --python.",
         ) from exc
     versions = {normalize(k): str(v[0]) for k, v in data.items()}

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import build, paths, stamp, toolchain
+from turbo import paths, stamp, toolchain
+from turbo.build_run import Echo, run_step
+from turbo.build_types import GB10_CUBINS, Step, StepKind
 from turbo.console import TaskLog
 from turbo.errors import TurboError
 from turbo.host import Host
@@ -62,7 +64,7 @@ class WheelResult:
 
 
 def make_wheel(
-    dest: Path, *, python: str, echo: build.Echo = print, dry_run: bool = False
+    dest: Path, *, python: str, echo: Echo = print, dry_run: bool = False
 ) -> WheelResult | list[str]:
     """Wheel the tree the stamp describes, with the build's own environment: the CMake build
     directory is reused, so nothing is compiled again. Returns the argv when ``dry_run``."""
@@ -85,8 +87,10 @@ def make_wheel(
     try:
         with TaskLog("wheel") as log:
             echo(f"log: {log.path}")
-            build.run_step(
-                build.Step("wheel", wheel_argv(python, src, scratch), src, env), log, echo
+            run_step(
+                Step("wheel", wheel_argv(python, src, scratch), src, env, kind=StepKind.RUN),
+                log,
+                echo,
             )
         made = sorted(scratch.glob("vllm-*.whl"))
         if len(made) != 1:
@@ -177,7 +181,7 @@ def check_wheel(
     if target == "cuda" and not (rec.get("cubins") or {}).get("gb10"):
         raise TurboError(
             f"wheel {wheel.name}",
-            f"its stamp records no GB10 cubin ({', '.join(build.GB10_CUBINS)})",
+            f"its stamp records no GB10 cubin ({', '.join(GB10_CUBINS)})",
             f"Rebuild with TORCH_CUDA_ARCH_LIST={pins.toolchain.arch_list}.",
         )
     return dict(rec)
@@ -199,7 +203,7 @@ def install_wheel(
     target: str = "cuda",
     no_deps: bool = False,
     dry_run: bool = False,
-    echo: build.Echo = print,
+    echo: Echo = print,
     host: Host | None = None,
 ) -> dict[str, Any]:
     """Check, install (torch held by a constraint) and record the wheel's stamp here."""
@@ -213,7 +217,7 @@ def install_wheel(
     constraints.parent.mkdir(parents=True, exist_ok=True)
     constraints.write_text(f"torch=={rec['torch']}\n")
     with TaskLog("install-wheel") as log:
-        build.run_step(build.Step("install wheel", argv, paths.state_dir()), log, echo)
+        run_step(Step("install wheel", argv, paths.state_dir(), kind=StepKind.RUN), log, echo)
     installed = toolchain.quick_probe(pins, python=python, target="empty", host=host)
     if installed.vllm_installed != rec.get("vllm_version"):
         raise TurboError(
