@@ -70,14 +70,7 @@ def doctor(c: Context, json: bool = False) -> None:
     from turbo import doctor as doc
     from turbo.pins import load_pins
 
-    def go() -> int:
-        checks = doc.run_checks(load_pins())
-        print(doc.to_json(checks) if json else doc.render(checks))
-        return doc.exit_code(checks)
-
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(lambda: doc.command(load_pins()), json)
 
 
 # --------------------------------------------------------------------------- build
@@ -277,7 +270,7 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
     from turbo.pins import load_pins
     from turbo.profiles import Overrides
 
-    def go() -> int:
+    def go() -> Outcome:
         ov = Overrides(port=port or None, model=model or None, host=host or None,
                        sets=tuple(set or ()), extra=tuple(opt.remainder_words(c.remainder or "")),
                        head=head or None, node_ip=node_ip or None)
@@ -285,11 +278,9 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
                              hca=tuple(h for h in hca.split(",") if h),
                              gid_index=gid_index if gid_index >= 0 else None)
         return srv.command(profile, load_pins(), ov, net=net, detach=detach, dry_run=dry_run,
-                           as_json=json, health_timeout=health_timeout or None, warmup=warmup)
+                           health_timeout=health_timeout or None, warmup=warmup)
 
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(go, json)
 
 
 @task(checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
@@ -298,8 +289,8 @@ def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
     from turbo import serve as srv
 
-    _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout),
-                            dry_run=dry_run))
+    _run(lambda: srv.stop_command(port or None, everything=all, timeout=float(timeout),
+                                  dry_run=dry_run))
 
 
 def _progress(line: str) -> None:
