@@ -100,8 +100,9 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     """Build vLLM at the pinned commit with the GB10 patch series; a no-op when already built.
 
     Checks the toolchain, fetches only the pinned commit (or uses --src), applies the patch
-    series, builds with pip (editable, no build isolation, torch kept), checks the extension and
-    its GB10 cubins, and writes the build stamp. Re-run after an interruption: it resumes.
+    series, builds with pip (a regular install, no build isolation, torch kept), checks the
+    extension and its GB10 cubins, and writes the build stamp. Re-run after an interruption: it
+    resumes.
     """
     from pathlib import Path
 
