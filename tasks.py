@@ -70,14 +70,7 @@ def doctor(c: Context, json: bool = False) -> None:
     from turbo import doctor as doc
     from turbo.pins import load_pins
 
-    def go() -> int:
-        checks = doc.run_checks(load_pins())
-        print(doc.to_json(checks) if json else doc.render(checks))
-        return doc.exit_code(checks)
-
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(lambda: doc.command(load_pins()), json)
 
 
 # --------------------------------------------------------------------------- build
@@ -183,14 +176,11 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
     from turbo import model_fetch
     from turbo.pins import load_pins
 
-    def go() -> None:
-        print(model_fetch.run(load_pins(), as_json=json, dest=dest or None,
-                              variant=variant or None, revision=revision or None, verify=verify,
-                              offline=offline, dry_run=dry_run,
-                              transport="xet" if xet else "http",
-                              progress=sys.stderr.isatty(), adopt_existing=adopt_existing))
-
-    _guard(go)
+    _run(lambda: model_fetch.run(load_pins(), dest=dest or None, variant=variant or None,
+                                 revision=revision or None, verify=verify, offline=offline,
+                                 dry_run=dry_run, transport="xet" if xet else "http",
+                                 progress=sys.stderr.isatty(), adopt_existing=adopt_existing),
+         json)
 
 
 # --------------------------------------------------------------------------- serve
@@ -217,7 +207,7 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
     from turbo.pins import load_pins
     from turbo.profiles import Overrides
 
-    def go() -> int:
+    def go() -> Outcome:
         ov = Overrides(port=port or None, model=model or None, host=host or None,
                        sets=tuple(set or ()), extra=tuple(opt.remainder_words(c.remainder or "")),
                        head=head or None, node_ip=node_ip or None)
@@ -225,11 +215,9 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
                              hca=tuple(h for h in hca.split(",") if h),
                              gid_index=gid_index if gid_index >= 0 else None)
         return srv.command(profile, load_pins(), ov, net=net, detach=detach, dry_run=dry_run,
-                           as_json=json, health_timeout=health_timeout or None, warmup=warmup)
+                           health_timeout=health_timeout or None, warmup=warmup)
 
-    code = _guard(go)
-    if code:
-        raise Exit(code=code)
+    _run(go, json)
 
 
 @task(checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
@@ -238,8 +226,8 @@ def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
     from turbo import serve as srv
 
-    _guard(lambda: srv.stop(port or None, everything=all, timeout=float(timeout),
-                            dry_run=dry_run))
+    _run(lambda: srv.stop_command(port or None, everything=all, timeout=float(timeout),
+                                  dry_run=dry_run))
 
 
 def _progress(line: str) -> None:
@@ -292,7 +280,7 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
                             prompt_lens=prompt_lens, output_lens=output_lens,
                             concurrency=concurrency, repeats=repeats or None, tool=tool,
                             model=model, out=out, chart=not no_chart,
-                            timeout=float(timeout), printer=_progress if json else print,
+                            timeout=float(timeout), say=_say(json),
                             bandwidth_gbs=bandwidth_gbs, kv_dtype=kv_dtype, dry_run=dry_run),
          json)
 
@@ -321,23 +309,6 @@ def cluster_link_check(c: Context, log: str = "") -> None:
 _PATCH_CHECKS = {"src": opt.existing_dir, "ref": opt.git_ref}
 
 
-def _patch_report(fn: Callable[[], object], json: bool) -> None:
-    from turbo import patching
-
-    report = _guard(fn)
-    assert isinstance(report, patching.PatchReport)
-    print(patching.render_report(report, as_json=json))
-
-
-def _src_ref(src: str, ref: str) -> tuple[object, str]:
-    from pathlib import Path
-
-    from turbo import paths
-    from turbo.pins import load_pins
-
-    return Path(src) if src else paths.vllm_src_dir(), ref or load_pins().vllm.commit
-
-
 @task(name="check", checks=_PATCH_CHECKS)
 def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) -> None:
     """Check that the patch series applies to a vLLM tree; changes nothing.
@@ -345,10 +316,9 @@ def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) 
     Every patch for REF is applied in order to a scratch copy of the files it touches. Exits 1
     naming the patch, file and hunk that does not apply.
     """
-    from turbo import patching
+    from turbo import patches
 
-    tree, r = _src_ref(src, ref)
-    _patch_report(lambda: patching.check_series(tree, r), json)  # type: ignore[arg-type]
+    _run(lambda: patches.check(src, ref), json)
 
 
 @task(name="apply", checks=_PATCH_CHECKS)
@@ -359,66 +329,35 @@ def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = Fals
     A failing patch leaves the tree exactly as it was. A second run is a no-op ("already
     applied"). The record and pristine copies live in <src>/.turbo-patches(.json).
     """
-    from turbo import patching
+    from turbo import patches
 
-    tree, r = _src_ref(src, ref)
-    _patch_report(lambda: patching.apply_series(tree, r, dry_run=dry_run), json)  # type: ignore[arg-type]
+    _run(lambda: patches.apply(src, ref, dry_run=dry_run), json)
 
 
 @task(name="revert", checks={"src": opt.existing_dir})
 def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool = False,
                    json: bool = False) -> None:
     """Revert the patch series: the tree becomes byte for byte what it was before apply."""
-    from turbo import patching
+    from turbo import patches
 
-    tree, _ = _src_ref(src, "-")
-    if dry_run:
-        _patch_report(lambda: patching.revert_plan(tree), json)  # type: ignore[arg-type]
-        return
-    _patch_report(lambda: patching.revert_series(tree, force=force), json)  # type: ignore[arg-type]
+    _run(lambda: patches.revert(src, force=force, dry_run=dry_run), json)
 
 
 @task(name="refresh", checks={"src": opt.existing_dir})
 def patches_refresh(c: Context, src: str = "", check: bool = False,
                     dry_run: bool = False) -> None:
     """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
-    from pathlib import Path
+    from turbo import patch_refresh
 
-    from turbo import patch_refresh, paths, sdist
-    from turbo.pins import load_pins
-
-    def go() -> list[str]:
-        ver = load_pins().vllm.sdist_version
-        tree = Path(src) if src else sdist.unpack_vllm_sdist(paths.state_dir() / "sdist", ver)
-        return patch_refresh.refresh(tree, ver, check=check or dry_run)
-
-    stale = _guard(go)
-    if check or dry_run:
-        print("out of date: " + ", ".join(stale) if stale else "all generated patches are current")
-        if stale:
-            raise Exit(code=1)
-    else:
-        print("rewrote: " + ", ".join(stale) if stale else "all generated patches are current")
+    _run(lambda: patch_refresh.run(src=src, check=check, dry_run=dry_run))
 
 
 @task(name="archs", checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
 def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = False) -> None:
     """Print which CUDA archs each vLLM kernel family gets (vLLM's own CMake logic, cmake -P)."""
-    import dataclasses
-    import json as _json
+    from turbo import patches
 
-    from turbo import cuda_archs
-    from turbo.console import render_table
-    from turbo.pins import load_pins
-
-    tree, _ = _src_ref(src, "-")
-    archs = arch_list or load_pins().toolchain.arch_list
-    report = _guard(lambda: cuda_archs.resolve(tree, archs))  # type: ignore[arg-type]
-    if json:
-        print(_json.dumps(dataclasses.asdict(report), indent=2))
-    else:
-        print(f"TORCH_CUDA_ARCH_LIST={archs}, CUDA {report.cuda_version}, tree {tree}")
-        print(render_table(["family", "list", "archs", "gencode"], cuda_archs.table_rows(report)))
+    _run(lambda: patches.archs(src, arch_list), json)
 
 
 @task(name="matrix", checks={"versions": opt.version_list, "doc": opt.file_target})
@@ -431,8 +370,8 @@ def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool
     """
     from turbo import patch_matrix_cli
 
-    _guard(lambda: patch_matrix_cli.run(versions=versions, every=all, as_json=json, doc=doc,
-                                        dry_run=dry_run))
+    _run(lambda: patch_matrix_cli.run(versions=versions, every=all, doc=doc, dry_run=dry_run,
+                                      say=_progress), json)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -446,30 +385,9 @@ def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool 
     On a DGX Spark (sm_121a) both paths run; on a GPU without the instruction (H100) it says
     the hardware path is absent and checks the software path alone. Exit 1 on any mismatch.
     """
-    import json as _json
-
     from turbo import kernels
-    from turbo.console import TaskLog
 
-    plan = _guard(lambda: kernels.probe_plan(arch or None))
-    if dry_run:
-        print("build: " + " ".join(plan.build_argv) + "   (cached under "
-              f"{kernels.build_root()})")
-        print("run:   " + " ".join(plan.run_argv))
-        return
-    with TaskLog("kernels-probe") as log:
-        def say(line: str) -> None:
-            log.write(line)
-            if not json:
-                print(line)
-
-        report = _guard(lambda: kernels.run_probe(plan, say))
-        log.write(_json.dumps(report))
-        print(_json.dumps(report, indent=2) if json else kernels.render_probe(report))
-        if not json:
-            print(f"log: {log.path}")
-    if report["exit_code"] != 0:
-        raise Exit(code=1)
+    _run(lambda: kernels.probe(arch or None, dry_run=dry_run, say=_say(json)), json)
 
 
 @task(name="bench", checks={"rows": opt.int_range(1), "cols": opt.multiple_of(16, 16),
@@ -485,35 +403,13 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
 
     Each figure is a share of a device-to-device copy moving the same bytes, on random data.
     """
-    import dataclasses
-    import json as _json
-    from pathlib import Path
-
     from turbo import kernels
-    from turbo.console import TaskLog
 
-    vs = [v for v in variants.split(",") if v]
-    ds = [d for d in dtypes.split(",") if d]
-    ls = [x for x in layouts.split(",") if x] or [kernels.DEFAULT_LAYOUT]
-    if dry_run:
-        print(f"build: torch.utils.cpp_extension.load({[str(p) for p in kernels.QUANT_SOURCES]},"
-              f" build_directory={kernels.quant_build_dir()}/<name>)  [nvcc -O3 -std=c++17 "
-              "-gencode for this GPU]")
-        print(f"run:   bench_quant(rows={rows}, cols={cols}, iters={iters}, repeats={repeats}, "
-              f"variants={vs}, dtypes={ds}, layouts={ls})")
-        return
-    with TaskLog("kernels-bench") as log:
-        def say(line: str) -> None:
-            log.write(line)
-            if not json:
-                print(line)
-
-        result = _guard(lambda: kernels.bench_quant(rows, cols, iters, repeats, vs, ds, say, ls))
-        data = dataclasses.asdict(result)
-        log.write(_json.dumps(data))
-        if out:
-            Path(out).write_text(_json.dumps(data, indent=2) + "\n")
-        print(_json.dumps(data, indent=2) if json else kernels.render_bench(result))
+    _run(lambda: kernels.bench(
+        rows=rows, cols=cols, iters=iters, repeats=repeats,
+        variants=[v for v in variants.split(",") if v], dtypes=[d for d in dtypes.split(",") if d],
+        layouts=[x for x in layouts.split(",") if x], out=out, dry_run=dry_run, say=_say(json),
+    ), json)
 
 
 @task(name="compile-check", checks={"archs": opt.sm_targets})
@@ -523,23 +419,9 @@ def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
 
     One compile per target in --archs; no GPU needed.
     """
-    import dataclasses
-    import json as _json
-
     from turbo import kernels
-    from turbo.console import render_table
 
-    results = _guard(lambda: [kernels.compile_check(a, force_software)
-                              for a in archs.split(",") if a])
-    if json:
-        print(_json.dumps([dataclasses.asdict(r) for r in results], indent=2))
-    else:
-        print(render_table(["arch", "forced sw", "compiles", "cvt in PTX", "cvt in SASS"],
-                           [(r.arch, r.force_software, r.ok, r.ptx_has_cvt,
-                             "n/a" if r.sass_has_cvt is None else r.sass_has_cvt)
-                            for r in results]))
-    if not all(r.ok for r in results):
-        raise Exit(code=1)
+    _run(lambda: kernels.compile_checks([a for a in archs.split(",") if a], force_software), json)
 
 
 # --------------------------------------------------------------------------- service

@@ -272,11 +272,11 @@ def test_cli_offline_check_of_an_escaping_manifest_is_one_line(
 def test_stop_never_signals_a_process_serve_did_not_start(tmp_path: Path) -> None:
     """A pid file naming a live process group that is not a server's own session (crafted,
     or a recycled pid with a matching start time) is refused: the process keeps running."""
-    from turbo import paths, serve
+    from turbo import paths, serve, serve_records
 
     victim = subprocess.Popen(["sleep", "60"], process_group=0)  # a group leader, not ours
     try:
-        start = serve._start_time(victim.pid)
+        start = serve_records.start_time(victim.pid)
         pidf = paths.run_dir() / "serve-8999.json"
         pidf.parent.mkdir(parents=True)
         pidf.write_text(json.dumps({"kind": "serve", "pid": victim.pid, "start_time": start,

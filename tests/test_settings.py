@@ -131,9 +131,9 @@ def test_stop_with_a_corrupt_pid_file_is_one_line(content: str,
 
 def test_pid_one_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
     """A crafted record naming pid 1 with its real start time must not reach killpg."""
-    from turbo import paths, serve
+    from turbo import paths, serve, serve_records
 
-    start = serve._start_time(1)
+    start = serve_records.start_time(1)
     if start is None:
         pytest.skip("no /proc/1 here")
     run = paths.run_dir()
@@ -201,7 +201,7 @@ def test_stop_dry_run_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
-    from turbo import paths, serve
+    from turbo import paths, serve, serve_records
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                              start_new_session=True)
@@ -211,7 +211,7 @@ def test_stop_dry_run_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         rec = run / "serve-8011.json"
         rec.write_text(json.dumps({"pid": child.pid, "kind": "serve", "port": 8011,
                                    "profile": "vanilla",
-                                   "start_time": serve._start_time(child.pid)}))
+                                   "start_time": serve_records.start_time(child.pid)}))
         sent: list[int] = []
         monkeypatch.setattr(serve.os, "killpg", lambda pid, sig: sent.append(pid))
         lines: list[str] = []

@@ -259,6 +259,31 @@ def dry_run_plan(
     return "\n".join(lines)
 
 
+def _dry_run(
+    ep: endpoint.Endpoint,
+    served_name: str,
+    model: str,
+    grid: Grid,
+    repeats: int,
+    tool: str,
+    out_dir: Path,
+) -> str:
+    if not (Path(model) / "config.json").is_file():
+        note = f"no checkpoint at {model} (pass --model DIR for the roofline)"
+    else:
+        note = ""
+    return dry_run_plan(
+        ep,
+        served_name,
+        model=model,
+        grid=grid,
+        repeats=repeats,
+        tool=tool,
+        out_dir=out_dir,
+        limit_note=note,
+    )
+
+
 def command(
     *,
     url: str,
@@ -272,7 +297,7 @@ def command(
     model: str,
     out: str,
     chart: bool,
-    printer: Out = print,
+    say: Out = print,
     timeout: float = 120.0,
     bandwidth_gbs: float = 0.0,
     kv_dtype: str = "",
@@ -295,21 +320,10 @@ def command(
     streams = _ints(concurrency, [1], "concurrency")
     n_repeats = repeats or int(sec.get("repeats", 3))
     if dry_run:
-        if not (Path(model) / "config.json").is_file():
-            note = f"no checkpoint at {model} (pass --model DIR for the roofline)"
-        else:
-            note = ""
         grid = [(p, o, c) for c in streams for p in p_lens for o in o_lens]
         return done(
-            dry_run_plan(
-                ep,
-                served_name or pins.serve.served_name,
-                model=model,
-                grid=grid,
-                repeats=n_repeats,
-                tool=tool,
-                out_dir=out_dir,
-                limit_note=note,
+            _dry_run(
+                ep, served_name or pins.serve.served_name, model, grid, n_repeats, tool, out_dir
             )
         )
     lim, limit_note = limit.load(model, bandwidth_gbs or None, kv_dtype, measure=local)
@@ -325,7 +339,7 @@ def command(
         seed={str(k): float(v) for k, v in sec.get("seed", {}).items()},
         work=out_dir / "raw",
         timeout=timeout,
-        out=printer,
+        out=say,
         lim=lim,
         limit_note=limit_note,
     )

@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from turbo import paths
 from turbo.build_verdict import vllm_build_check
@@ -18,7 +19,6 @@ from turbo.checks import PASS as PASS
 from turbo.checks import WARN as WARN
 from turbo.checks import Check as Check
 from turbo.checks import exit_code as exit_code
-from turbo.console import render_table
 from turbo.errors import TurboError
 from turbo.host import E2M1_PTX as E2M1_PTX
 from turbo.host import Host as Host
@@ -26,8 +26,10 @@ from turbo.host import check_port as check_port
 from turbo.host import check_ptxas_sm121a as check_ptxas_sm121a
 from turbo.host import find_cuda_tool as find_cuda_tool
 from turbo.host import nvidia_smi as nvidia_smi
+from turbo.outcome import Outcome, checked
 from turbo.pins import Pins
 from turbo.profiles import env_port
+from turbo.serve_preflight import gpu_check, model_check, render_checks
 from turbo.stamp import read_stamp
 
 
@@ -44,22 +46,8 @@ def check_cpu(host: Host) -> Check:
 
 
 def check_gpu(host: Host, smi: tuple[str, str, str] | None) -> Check:
-    if smi is None:
-        return Check(
-            "gpu",
-            FAIL,
-            "no NVIDIA GPU visible (nvidia-smi missing or failed)",
-            "Run on the DGX Spark; check the driver with `nvidia-smi`.",
-        )
-    name, cc, _ = smi
-    if cc == "12.1":
-        return Check("gpu", PASS, f"{name}, compute capability {cc}")
-    return Check(
-        "gpu",
-        WARN,
-        f"{name}, compute capability {cc} (GB10 is 12.1)",
-        "Kernels still run; arch list and speed figures target GB10.",
-    )
+    """GPU 0 and its compute capability: the verdict serve's preflight gives too."""
+    return gpu_check(*smi[:2]) if smi else gpu_check(None)
 
 
 def check_driver(smi: tuple[str, str, str] | None, pins: Pins) -> Check:
@@ -219,36 +207,9 @@ MODEL_MANIFEST = "turbo-manifest.json"
 
 
 def check_model(model_dir: Path) -> Check:
-    """Manifest present and every file at its recorded size (sizes only: cheap)."""
-    from turbo.errors import TurboError
-    from turbo.manifest import check_local, read_manifest
-
-    try:
-        manifest = read_manifest(model_dir)
-        problems = check_local(model_dir, manifest) if manifest is not None else []
-    except TurboError as err:
-        # Which file and what to do: the manifest's own error carries both.
-        return Check("model", FAIL, f"{err.what}: {err.why}", err.fix)
-    if manifest is None:
-        return Check(
-            "model",
-            WARN,
-            f"no model manifest in {model_dir}",
-            "Run `pixi run fetch-model` (~45 GB).",
-        )
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        return Check(
-            "model",
-            FAIL,
-            f"incomplete copy in {model_dir}: {problems[0]}{more}",
-            "Run `pixi run fetch-model`; it resumes and re-fetches what is missing.",
-        )
-    return Check(
-        "model",
-        PASS,
-        f"{manifest.repo}@{manifest.revision[:12]} complete in {model_dir}",
-    )
+    """Manifest present and every file at its recorded size: serve's verdict, weighed as
+    advice (a model not fetched yet is WARN here, FAIL before a launch)."""
+    return model_check(model_dir, blocking=False)
 
 
 def check_writable(name: str, path: Path, fix: str) -> Check:
@@ -332,15 +293,20 @@ def check_service() -> list[Check]:
 
 
 def render(checks: list[Check]) -> str:
-    table = render_table(
-        ["check", "status", "detail", "what to do"],
-        [(c.name, c.status.upper(), c.detail, c.fix) for c in checks],
-    )
+    table = render_checks(checks)
     counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL)}
     return table + f"\n\n{counts[PASS]} pass, {counts[WARN]} warn, {counts[FAIL]} fail"
 
 
+def _data(checks: list[Check]) -> dict[str, Any]:
+    return {"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}
+
+
 def to_json(checks: list[Check]) -> str:
-    return json.dumps(
-        {"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2
-    )
+    return json.dumps(_data(checks), indent=2)
+
+
+def command(pins: Pins, host: Host | None = None) -> Outcome:
+    """What `invoke doctor` does: every row, as a table or as JSON; exit 1 when one fails."""
+    checks = run_checks(pins, host)
+    return checked(render(checks), _data(checks), exit_code(checks) != 0)

@@ -1,16 +1,17 @@
 """fetch-model: download the pinned NVFP4 checkpoint once, verified and resumable.
 
-The command: it decides and the stages describe. ``fetch_hub`` asks the hub which commit and
-which files, ``fetch_plan`` judges each file against the destination, ``fetch_transfer`` moves
-the bytes (ranged, resumable, hash-checked; manifest last), ``fetch_report`` renders the result
-and what --dry-run says, ``fetch_local`` checks a local copy against its manifest without the
-network, ``fetch_dest`` guards what fetch-model did not write. The names other code and the
-tests use are re-exported here.
+The command: it decides and composes; the pieces below it never call each other and pass the
+plain data of ``fetch_data`` (request, hub, plan, result, staging record). ``fetch_hub`` asks
+the hub which commit and which files, ``fetch_plan`` judges each file against the destination,
+``fetch_verify`` hashes what is there, ``fetch_transfer`` moves one file's bytes into its part
+(ranged, resumable), ``fetch_dest`` opens and closes the staging folder, ``fetch_report``
+renders the result and what --dry-run says, ``fetch_local`` checks a local copy against its
+manifest without the network. Carrying out a plan is here (``execute``): each file into
+place, then the manifest last. The names other code and the tests use are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,7 +20,6 @@ from typing import Any
 import requests
 
 from turbo import paths
-from turbo.console import redact, strip_url_credentials
 from turbo.errors import TurboError
 from turbo.fetch_data import (
     GB,
@@ -79,7 +79,9 @@ from turbo.manifest import (
     sha256_file,
     write_manifest,
 )
+from turbo.outcome import Outcome, done
 from turbo.pins import Pins
+from turbo.redact import redact, strip_url_credentials
 
 __all__ = [
     "CHUNK",
@@ -167,9 +169,10 @@ def fetch_model(
     return execute(plan, log)
 
 
-def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
+def run(pins: Pins, **options: Any) -> Outcome:
     """What the CLI does: build the request, fetch (or dry-run, or check offline) with a log
-    file, and return the text to print. Expected failures raise TurboError."""
+    file. The outcome's text is the summary, its data the result as JSON-able data; secrets
+    are out of both. Expected failures raise TurboError."""
     from turbo.console import TaskLog
 
     req = build_request(pins, **options)
@@ -194,9 +197,18 @@ def run(pins: Pins, *, as_json: bool = False, **options: Any) -> str:
         elif unwritable:
             result.problems.append(f"would fail: {unwritable}. {where_fix}")
         tlog.write(render(result))
-    if as_json:
-        return redact(json.dumps(result.to_json(), indent=2, default=str))
-    return render(result)
+    return done(render(result), _redacted(result.to_json()))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string passed through redact (what --json may print)."""
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 def execute(plan: Plan, log: Callable[[str], None]) -> FetchResult:

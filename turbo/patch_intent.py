@@ -20,7 +20,6 @@ import ast
 import functools
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -28,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from turbo import cuda_archs
+from turbo import cuda_archs, proc
 from turbo.errors import TurboError
 
 ARCH_LIST = "12.1a"  # GB10 as torch is asked to build for it
@@ -214,6 +213,7 @@ PLAIN_SM121 = (
     "-D__CUDACC__", "-D__CUDA_ARCH__=1210", "-DCUDART_VERSION=13000", "-DCUDA_VERSION=13000",
     "-DENABLE_NVFP4_SM100=1", "-DENABLE_NVFP4_SM120=1",
 )  # fmt: skip
+CPP_TIMEOUT_S = 120.0  # preprocessing one header takes well under a second
 _CVT_E2M1 = re.compile(r"cvt\.[a-z0-9.]*e2m1x2")
 _INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.MULTILINE)
 
@@ -252,16 +252,12 @@ def e2m1_builds_for_plain_sm121(facts: TreeFacts) -> Intent:
     survivors = []
     for header in hits:
         text = _expand(header.resolve(), set())
-        proc = subprocess.run(
-            [cpp, "-P", "-w", "-x", "c++", *PLAIN_SM121, "-"],
-            input=text,
-            capture_output=True,
-            text=True,
-            check=False,
+        res = proc.capture(
+            [cpp, "-P", "-w", "-x", "c++", *PLAIN_SM121, "-"], timeout=CPP_TIMEOUT_S, stdin=text
         )
-        if proc.returncode != 0:
+        if not res.ok:
             return Intent(None, f"cpp failed on {header.relative_to(facts.root)}")
-        if _CVT_E2M1.search(proc.stdout):
+        if _CVT_E2M1.search(res.stdout):
             survivors.append(str(header.relative_to(facts.root)))
     if survivors:
         return Intent(False, f"plain sm_121 still gets cvt...e2m1x2 in {', '.join(survivors)}")

@@ -1,7 +1,8 @@
 """The patch series across vLLM releases: what each release still needs, and what it builds.
 
-For every release (its sdist from the package index, cached and sha256-checked by
-``turbo.sdist``) and every patch of the series this module answers with one state:
+For every release (its sdist, cached and sha256-checked by ``turbo.sdist``; the command hands
+the archives in) and every patch of the series this module answers with one state
+(``turbo.patch_matrix_data``):
 
 - ``applies``: ``git apply --check`` passes and the patch's intent check (turbo.patch_intent)
   does not already hold: the release needs the patch and takes it as is;
@@ -24,80 +25,61 @@ that is removed afterwards; nothing in the cache or the repository is changed.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from turbo import cuda_archs, patch_intent, patching, sdist
+from turbo import cuda_archs, patch_intent, patching, proc
 from turbo.errors import TurboError
+from turbo.manifest import sha256_file
+from turbo.patch_matrix_data import (
+    APPLIES,
+    CONFLICTS,
+    MARLIN_FAMILIES,
+    NOT_FOR_REF,
+    STATES,
+    TORCH_FILES,
+    UPSTREAM,
+    Cell,
+    Matrix,
+    Row,
+    Say,
+)
+from turbo.releases import PROJECT, release_key
 
-APPLIES, UPSTREAM, CONFLICTS, NOT_FOR_REF = "applies", "upstream", "conflicts", "not-for-this-ref"
-STATES = (APPLIES, UPSTREAM, CONFLICTS, NOT_FOR_REF)
-# The arch-table columns: CUDA_ARCHS, the Marlin lists, and every FP4 list by its own name.
-MARLIN_FAMILIES = (
-    "MARLIN_ARCHS", "MARLIN_BF16_ARCHS", "MARLIN_FP8_ARCHS", "MARLIN_OTHER_ARCHS",
-    "MARLIN_MOE_ARCHS", "MARLIN_MOE_FP8_ARCHS", "MARLIN_MOE_OTHER_ARCHS",
-)  # fmt: skip
-# Build pins moved from requirements/build.txt to requirements/build/cuda.txt in 0.20.0.
-BUILD_TORCH_FILES = ("requirements/build.txt", "requirements/build/cuda.txt")
-RUNTIME_TORCH_FILE = "requirements/cuda.txt"
-TORCH_FILES = (*BUILD_TORCH_FILES, RUNTIME_TORCH_FILE)
+__all__ = [
+    "APPLIES",
+    "CONFLICTS",
+    "NOT_FOR_REF",
+    "STATES",
+    "UPSTREAM",
+    "Cell",
+    "Matrix",
+    "Row",
+    "arch_summary",
+    "build_matrix",
+    "evaluate_release",
+    "extract",
+    "git_apply_check",
+    "in_scope",
+    "series_info",
+    "torch_pins",
+]
+
 _TORCH_PIN = re.compile(r"^torch\s*((?:==|>=|<=|~=|!=|<|>)\s*[^\s;#,]+(?:\s*,\s*[^\s;#]+)*)")
 
-Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One patch on one release."""
-
-    state: str
-    detail: str
-    in_scope: bool
-    forward: bool  # git apply --check
-    reverse: bool  # git apply --reverse --check
-    conflict: str | None  # the failing file and hunk, when forward fails
-    intent: bool | None
-    intent_detail: str
-    intent_after: bool | None = None  # the intent check on the patched tree (where applied)
-
-
-@dataclass
-class Row:
-    """One release."""
-
-    version: str
-    sdist_sha256: str
-    torch: dict[str, str] = field(default_factory=dict)
-    patches: dict[str, Cell] = field(default_factory=dict)
-    archs: dict[str, str] = field(default_factory=dict)
-    archs_patched: dict[str, str] | None = None
-    error: str | None = None
-
-
-@dataclass
-class Matrix:
-    arch_list: str
-    cuda_version: str
-    series: list[dict[str, Any]]
-    rows: list[Row]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+GIT_TIMEOUT_S = 120.0  # one git apply on a source tree takes well under a second
 
 
 # --------------------------------------------------------------------------- scope
 def in_scope(patch: patching.Patch, version: str) -> bool:
     """Applies-To read for releases: from the oldest release it names onwards; a patch that
     names only commits is for no release."""
-    key = sdist.release_key(version)
-    named = [k for r in patch.applies_to if (k := sdist.release_key(r)) is not None]
+    key = release_key(version)
+    named = [k for r in patch.applies_to if (k := release_key(r)) is not None]
     return key is not None and bool(named) and key >= min(named)
 
 
@@ -114,7 +96,7 @@ def _wanted(rel: str, touched: set[str]) -> bool:
 
 def extract(archive: Path, version: str, dest: Path, touched: set[str]) -> Path:
     """Extract what the matrix reads from ``archive`` into ``dest``; return the tree root."""
-    top = f"{sdist.PROJECT}-{version}/"
+    top = f"{PROJECT}-{version}/"
     try:
         with tarfile.open(archive) as tar:
             members = [
@@ -140,17 +122,22 @@ def extract(archive: Path, version: str, dest: Path, touched: set[str]) -> Path:
 # --------------------------------------------------------------------------- probes
 def git_apply_check(root: Path, patch: Path, *, reverse: bool = False) -> tuple[bool, str]:
     """``git apply --check`` (``--reverse``) in ``root``; (passed, git's output)."""
-    env = dict(os.environ)
-    env["GIT_CEILING_DIRECTORIES"] = str(root.parent)  # a plain tree, never an outer repo
     argv = ["git", "apply", "--check", "--verbose", "--whitespace=nowarn"]
     argv += ["--reverse"] if reverse else []
-    try:
-        proc = subprocess.run(
-            [*argv, str(patch)], cwd=root, env=env, capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError as exc:
-        raise TurboError("checking patches", "git is not installed", "Install git.") from exc
-    return proc.returncode == 0, proc.stdout + proc.stderr
+    res = _git(root, [*argv, str(patch)])
+    return res.rc == 0, res.stdout + res.stderr
+
+
+def _git(root: Path, argv: list[str]) -> proc.Result:
+    """git in a plain tree (never an outer repository); one clear line when git cannot run."""
+    res = proc.capture(
+        argv, timeout=GIT_TIMEOUT_S, env={"GIT_CEILING_DIRECTORIES": str(root.parent)}, cwd=root
+    )
+    if res.fault == proc.MISSING:
+        raise TurboError("checking patches", "git is not installed", "Install git.")
+    if res.fault:
+        raise TurboError("checking patches", res.why(), "Check that git runs here.")
+    return res
 
 
 def torch_pins(root: Path) -> dict[str, str]:
@@ -230,23 +217,12 @@ def _cell(patch: patching.Patch, version: str, root: Path, facts: patch_intent.T
 
 
 def _apply(root: Path, patches: list[patching.Patch]) -> None:
-    env = dict(os.environ)
-    env["GIT_CEILING_DIRECTORIES"] = str(root.parent)
     for p in patches:
-        proc = subprocess.run(
-            ["git", "apply", "--whitespace=nowarn", str(p.path)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
+        res = _git(root, ["git", "apply", "--whitespace=nowarn", str(p.path)])
+        if res.rc != 0:
             raise TurboError(
                 f"applying {p.name} after the others",
-                (proc.stdout + proc.stderr).strip().splitlines()[-1:][0]
-                if (proc.stdout + proc.stderr).strip()
-                else "git apply failed",
+                res.output.splitlines()[-1] if res.output else "git apply failed",
                 "The patches apply one by one but not together; refresh the series.",
             )
 
@@ -260,7 +236,7 @@ def evaluate_release(
     cuda_version: str = patch_intent.CUDA_VERSION,
 ) -> Row:
     """Every question of the matrix for one release, from its sdist."""
-    row = Row(version, sdist._sha256(archive))
+    row = Row(version, sha256_file(archive))
     touched = {t for p in series for t in p.touched()}
     with tempfile.TemporaryDirectory(prefix=f"turbo-matrix-{version}-") as tmp:
         root = extract(archive, version, Path(tmp), touched)
@@ -314,7 +290,7 @@ def build_matrix(
 ) -> Matrix:
     """Evaluate every release in ``archives`` (version -> cached sdist), oldest first."""
     series = patching.load_series()
-    order = sorted(archives, key=lambda v: sdist.release_key(v) or ())
+    order = sorted(archives, key=lambda v: release_key(v) or ())
     rows = []
     for i, version in enumerate(order, 1):
         if say:
@@ -325,41 +301,3 @@ def build_matrix(
             )
         )
     return Matrix(arch_list, cuda_version, series_info(series), rows)
-
-
-def resolve_versions(
-    versions: list[str] | None, floor: str, say: Say | None = None
-) -> tuple[list[str], dict[str, sdist.SdistFile] | None]:
-    """The releases to evaluate: those named, or every final release from ``floor`` on; and
-    the index's listing when it was read (so the download plan needs no second request).
-
-    Named releases need no network here. For "all", the index is asked for its list (one
-    request); when it cannot be reached the releases already cached are used, with a warning.
-    """
-    if versions:
-        bad = [v for v in versions if sdist.release_key(v) is None]
-        if bad:
-            raise TurboError(
-                f"--versions {','.join(versions)}",
-                f"{', '.join(bad)} is not a final release number",
-                "Name releases such as 0.16.0,0.17.0 (pre-releases are not evaluated).",
-            )
-        return versions, None
-    try:
-        listing = dict(sdist.list_releases(minimum=floor))
-        return list(listing), listing
-    except TurboError as err:
-        key = sdist.release_key(floor) or ()
-        have = [
-            p.name[len(sdist.PROJECT) + 1 : -len(".tar.gz")]
-            for p in sdist.sdist_dir().glob(f"{sdist.PROJECT}-*.tar.gz")
-        ]
-        cached = sorted(
-            (v for v in have if (k := sdist.release_key(v)) is not None and k >= key),
-            key=lambda v: sdist.release_key(v) or (),
-        )
-        if not cached:
-            raise
-        if say:
-            say(f"warning: {err.line()} Using the {len(cached)} cached release(s) instead.")
-        return cached, None

@@ -5,20 +5,21 @@ hand when the header changes, the patch is rebuilt: a scratch git repository hol
 pristine files, the patch (message and its other hunks) is applied with ``git am``, the added
 file is overwritten with the current header, and ``git format-patch`` writes the patch again.
 Identity, dates and git configuration are fixed, so the output depends only on the inputs and
-a second refresh is a no-op.
+a second refresh is a no-op. This module is the command: ``run`` picks the pristine tree.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from turbo import paths
+from turbo import paths, proc, sdist
 from turbo.errors import TurboError
+from turbo.outcome import Outcome, checked, done
 from turbo.patching import load_series, ref_matches, series_dir
+from turbo.pins import load_pins
 
 # patch file -> (path inside the vLLM tree, source file in this repository)
 GENERATED: dict[str, tuple[str, str]] = {
@@ -31,6 +32,7 @@ GENERATED: dict[str, tuple[str, str]] = {
 _IDENTITY = "vllm-turbo"
 _EMAIL = "vllm-turbo@users.noreply.github.com"
 _DATE = "2026-01-01T00:00:00Z"
+GIT_TIMEOUT_S = 120.0  # each git step works on a handful of files
 
 
 def _git_env(home: Path) -> dict[str, str]:
@@ -50,18 +52,15 @@ def _git_env(home: Path) -> dict[str, str]:
 
 
 def _git(repo: Path, env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
+    res = proc.capture(["git", *args], timeout=GIT_TIMEOUT_S, base_env=env, cwd=repo)
+    if not res.ok:
+        out = (res.stderr or res.stdout).strip()
         raise TurboError(
             f"git {' '.join(args[:2])} in the refresh scratch repository",
-            (proc.stderr or proc.stdout).strip().splitlines()[-1:][0]
-            if (proc.stderr or proc.stdout).strip()
-            else "failed",
+            res.why() if res.fault else (out.splitlines()[-1] if out else "failed"),
             "Check that --src is the pristine vLLM tree the series is for.",
         )
-    return proc.stdout
+    return res.stdout
 
 
 def render(name: str, pristine: Path, ref: str, directory: Path | None = None) -> bytes:
@@ -131,3 +130,17 @@ def refresh(
                 tmp.write_bytes(want)
                 os.replace(tmp, path)
     return stale
+
+
+def run(*, src: str = "", check: bool = False, dry_run: bool = False) -> Outcome:
+    """``invoke patches.refresh``: the generated patches against a pristine tree (``src``, or
+    the pinned sdist unpacked under the state dir). With ``check`` or ``dry_run`` nothing is
+    written and an out-of-date patch fails the outcome."""
+    ver = load_pins().vllm.sdist_version
+    tree = Path(src) if src else sdist.unpack_vllm_sdist(paths.state_dir() / "sdist", ver)
+    if check or dry_run:
+        stale = refresh(tree, ver, check=True)
+        text = "out of date: " + ", ".join(stale) if stale else "all generated patches are current"
+        return checked(text, None, bool(stale))
+    stale = refresh(tree, ver)
+    return done("rewrote: " + ", ".join(stale) if stale else "all generated patches are current")

@@ -26,13 +26,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo import assets, contain
+from turbo import assets, contain, proc
 from turbo.errors import TurboError
 from turbo.jsonfile import write_json_atomic
 from turbo.patch_format import FileDiff, Hunk, Patch, parse_patch, ref_matches
@@ -250,23 +249,25 @@ def _describe_failure(patch: Patch, output: str) -> str:
 
 
 def _git_apply(scratch: Path, patch: Patch) -> None:
-    env = dict(os.environ)
-    # Stop git from finding an enclosing repository: paths stay relative to the scratch dir.
-    env["GIT_CEILING_DIRECTORIES"] = str(scratch.parent)
     argv = ["git", "apply", "--verbose", "--whitespace=nowarn", str(patch.path)]
-    try:
-        proc = subprocess.run(
-            argv, cwd=scratch, env=env, capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError as exc:
+    # Stop git from finding an enclosing repository: paths stay relative to the scratch dir.
+    env = {"GIT_CEILING_DIRECTORIES": str(scratch.parent)}
+    res = proc.capture(argv, timeout=600, cwd=scratch, env=env)
+    if res.fault == proc.MISSING:
         raise TurboError(
             "applying patches",
             "git is not installed",
             "Install git (it is in the pixi environment).",
-        ) from exc
-    if proc.returncode != 0:
+        )
+    if res.fault:
         raise TurboError(
-            _describe_failure(patch, proc.stdout + proc.stderr),
+            f"applying {patch.name}",
+            f"{res.why()} (tree left unchanged)",
+            "Check that git runs (`git --version`), then apply again.",
+        )
+    if not res.ok:
+        raise TurboError(
+            _describe_failure(patch, res.stdout + res.stderr),
             "the tree does not match what the patch expects (tree left unchanged)",
             "Check --src/--ref, or refresh the patch for this vLLM version.",
         )

@@ -29,9 +29,10 @@ from urllib.parse import urljoin
 from turbo import paths
 from turbo.errors import TurboError
 from turbo.pins import load_pins
+from turbo.releases import PROJECT as PROJECT
+from turbo.releases import release_key as release_key
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-PROJECT = "vllm"
 CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -121,14 +122,6 @@ def find_sdist(version: str, index: str | None = None) -> SdistFile:
         f"not listed on {page}",
         "Check the version (pins: vllm.sdist_version).",
     )
-
-
-_RELEASE = re.compile(r"\d+(?:\.\d+)*")
-
-
-def release_key(version: str) -> tuple[int, ...] | None:
-    """Sort key of a final release (``0.16.0``); None for pre-, post- and dev releases."""
-    return tuple(int(x) for x in version.split(".")) if _RELEASE.fullmatch(version) else None
 
 
 def list_releases(

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from turbo import cluster, serve_secrets, stamp
-from turbo.console import is_secret_key
 from turbo.errors import TurboError, UsageError
 from turbo.host import Host, find_cuda_tool
 from turbo.pins import Pins
 from turbo.profiles import ArgValue, Overrides, Profile, ProfileBook, resolve
+from turbo.redact import is_secret_key
 from turbo.serve_types import DETECT_NET, NetOptions, Plan
 
 _MISSING_FIX = {
@@ -29,12 +29,14 @@ _MISSING_FIX = {
 
 @dataclass(frozen=True)
 class Planned:
-    """A plan with what it was made from: the resolved profile, and why the cluster network
-    was not detected (None when it was, or when the profile is not a cluster one)."""
+    """A plan with what it was made from: the resolved profile, why the cluster network was
+    not detected (None when it was, or for a profile that is not a cluster one), and this
+    node's build identity (None when nothing usable is built)."""
 
     plan: Plan
     profile: Profile
     roce_error: str | None = None
+    build_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,13 +272,14 @@ def plan_profile(
         if prof.cluster
         else Network()
     )
+    digest = local_build_digest(built)
     plan = build_plan(
         prof,
         ptxas=ptxas,
         roce=network.roce,
         cluster_env=network.env or {},
         ray_port=int(section.get("ray_port", 6379)),
-        build_digest=local_build_digest(built),
+        build_digest=digest,
         environ=environ,
     )
-    return Planned(stamped_exe(plan, built), prof, network.error)
+    return Planned(stamped_exe(plan, built), prof, network.error, digest)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from turbo.console import argv_secrets, is_secret_key
+from turbo.redact import argv_secrets, is_secret_key
 
 # vLLM 0.16: api_server.py reads envs.VLLM_API_KEY when --api-key is absent; the hub client
 # reads HF_TOKEN when --hf-token is absent.

@@ -65,3 +65,8 @@ class Supervision:
     warmup: bool
     warmup_timeout: float
     stop_timeout: float
+
+
+# The detached server's redacting tee (turbo/logtee.py) reads the secrets to mask from this
+# variable (a JSON list): its environment, which only its owner can read, not its argv.
+REDACT_ENV = "TURBO_REDACT"

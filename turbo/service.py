@@ -120,7 +120,7 @@ def plan_install(
         api=prep.plan.api,
         port=prep.plan.port,
         description=prep.plan.description,
-        uses_ray=serve._uses_ray(prep.plan),
+        uses_ray=prep.plan.uses_ray,
         cluster=prep.profile.cluster,
         failing=[c.name for c in prep.checks if c.status == "fail"],
         env_names=list(book.env_names),
