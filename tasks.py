@@ -76,23 +76,6 @@ def doctor(c: Context, json: bool = False) -> None:
 # --------------------------------------------------------------------------- build
 
 
-def _build_options(src: str, ref: str, repo: str, target: str, arch_list: str, max_jobs: int,
-                   nvcc_threads: int, overrides: dict[str, str], python: str,
-                   no_runtime_deps: bool, force: bool, verbose: bool,
-                   patch_ref: str = "", pip_deps: bool = False) -> object:
-    from pathlib import Path
-
-    from turbo.build import BuildOptions
-
-    return BuildOptions(
-        python=python or sys.executable, target=target, ref=ref or None, repo=repo or None,
-        src=Path(src) if src else None, arch_list=arch_list or None,
-        max_jobs=max_jobs or None, nvcc_threads=nvcc_threads or None,
-        overrides={k: v for k, v in overrides.items() if v},
-        runtime_deps=not no_runtime_deps, force=force, verbose=verbose,
-        patch_ref=patch_ref or None, pip_deps=True if pip_deps else None)
-
-
 @task(name="build-vllm", allow_empty=["target"], checks={
     "src": opt.existing_dir, "ref": opt.git_ref, "repo": opt.word, "patch_ref": opt.git_ref,
     "target": opt.one_of("cuda", ""), "arch_list": opt.arch_list,
@@ -110,10 +93,11 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     """Build vLLM at the pinned commit with the GB10 patch series; a no-op when already built.
 
     Checks the toolchain, fetches only the pinned commit (or uses --src), applies the patch
-    series, builds with pip (editable, no build isolation, torch kept), checks the extension and
-    its GB10 cubins, and writes the build stamp. Re-run after an interruption: it resumes.
+    series, builds with pip (a regular install, no build isolation, torch kept), checks the
+    extension and its GB10 cubins, and writes the build stamp. Re-run after an interruption: it
+    resumes.
     """
-    import json as _json
+    from pathlib import Path
 
     from turbo import build
     from turbo.pins import load_pins
@@ -121,34 +105,17 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
     overrides = {"cutlass": cutlass_src, "flash_attn": flash_attn_src, "flashmla": flashmla_src,
                  "qutlass": qutlass_src, "triton_kernels": triton_kernels_src}
 
-    def go() -> None:
-        opts = _build_options(src, ref, repo, target, arch_list, max_jobs, nvcc_threads,
-                              overrides, python, no_runtime_deps, force, verbose, patch_ref,
-                              pip_deps)
-        assert isinstance(opts, build.BuildOptions)
-        pins = load_pins()
-        from pathlib import Path
+    def go() -> Outcome:
+        opts = build.BuildOptions(
+            python=python or sys.executable, target=target, ref=ref or None, repo=repo or None,
+            src=Path(src) if src else None, arch_list=arch_list or None,
+            max_jobs=max_jobs or None, nvcc_threads=nvcc_threads or None,
+            overrides={k: v for k, v in overrides.items() if v},
+            runtime_deps=not no_runtime_deps, force=force, verbose=verbose,
+            patch_ref=patch_ref or None, pip_deps=True if pip_deps else None)
+        return build.command(opts, load_pins(), dry_run=dry_run, say=_say(json))
 
-        from turbo import paths
-
-        paths.require_writable("build-vllm", paths.state_dir())
-        if src:
-            paths.require_writable("build-vllm --src", Path(src),
-                                   "The tree is patched in place: pass a copy you can write.")
-        if dry_run:
-            plan = build.dry_run(opts, pins)
-            if json:
-                print(_json.dumps(plan.to_json(), indent=2))
-            else:
-                print(build.render_plan(plan))
-            return
-        result = build.build(opts, pins, echo=(lambda s: print(s, file=sys.stderr)) if json
-                             else print)
-        if json:
-            print(_json.dumps({"noop": result.noop, "seconds": round(result.seconds, 3),
-                               "stamp": result.stamp}, indent=2, default=str))
-
-    _guard(go)
+    _run(go, json)
 
 
 @task(checks={"dest": opt.dir_target, "python": opt.executable})
@@ -158,22 +125,14 @@ def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
 
     Copy both files to another node and run `invoke install-wheel` there.
     """
-    import json as _json
     from pathlib import Path
 
     from turbo import paths
     from turbo import wheel as whl
 
-    def go() -> None:
-        out = Path(dest) if dest else paths.state_dir() / "dist"
-        res = whl.make_wheel(out, python=python or sys.executable, dry_run=dry_run,
-                             echo=(lambda s: print(s, file=sys.stderr)) if json else print)
-        if isinstance(res, list):
-            print(" ".join(res))
-        elif json:
-            print(_json.dumps(res.stamp, indent=2, default=str))
-
-    _guard(go)
+    _run(lambda: whl.wheel_command(Path(dest) if dest else paths.state_dir() / "dist",
+                                   python=python or sys.executable, dry_run=dry_run,
+                                   say=_say(json)), json)
 
 
 @task(name="install-wheel", allow_empty=["target"], checks={
@@ -184,19 +143,12 @@ def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda"
 
     The stamp is checked against this environment (torch, CUDA, machine, GB10 cubin, sha256).
     """
-    import json as _json
-
     from turbo import wheel as whl
     from turbo.pins import load_pins
 
-    def go() -> None:
-        rec = whl.install_wheel(wheel, load_pins(), python=python or sys.executable,
-                                target=target, no_deps=no_deps, dry_run=dry_run,
-                                echo=(lambda s: print(s, file=sys.stderr)) if json else print)
-        if json:
-            print(_json.dumps(rec, indent=2, default=str))
-
-    _guard(go)
+    _run(lambda: whl.install_command(wheel, load_pins(), python=python or sys.executable,
+                                     target=target, no_deps=no_deps, dry_run=dry_run,
+                                     say=_say(json)), json)
 
 
 @task(name="build-stamp", checks={"compare": opt.existing_file})
@@ -204,24 +156,9 @@ def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
     """Show this node's build identity and digest; --compare checks another node's stamp."""
     from pathlib import Path
 
-    from turbo import paths, stamp
     from turbo import wheel as whl
 
-    def go() -> None:
-        mine = dict(stamp.require_ok(stamp.read_stamp()))
-        if compare:
-            other = stamp.read_stamp(Path(compare))
-            if other is None:
-                whl.compare_files(paths.stamp_path(), Path(compare))
-            stamp.require_same_build(mine, other or {}, remote_name=compare)
-            print(f"same build: {stamp.identity_digest(mine)[:16]}")
-            return
-        print(whl.identity_json(mine) if json else
-              f"build {stamp.identity_digest(mine)[:16]}: vLLM {mine.get('commit')} "
-              f"patches {str(mine.get('patch_digest'))[:12]} arch {mine.get('arch_list')} "
-              f"torch {mine.get('torch')} CUDA {mine.get('cuda')} {mine.get('machine')}")
-
-    _guard(go)
+    _run(lambda: whl.stamp_command(Path(compare) if compare else None), json)
 
 
 # --------------------------------------------------------------------------- model
@@ -543,14 +480,9 @@ def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = 
 
     Records version, location, target device, torch and GB10 code. GPU profiles still refuse a
     build without GB10 code; the cpu profile needs a CPU build."""
-    import json as _json
-
     from turbo import adopt
 
-    data = _guard(lambda: adopt.adopt_vllm(vllm, force=force, dry_run=dry_run,
-                                           out=(lambda _l: None) if json else print))
-    if json:
-        print(_json.dumps(data, indent=2, sort_keys=True))
+    _run(lambda: adopt.vllm_command(vllm, force=force, dry_run=dry_run), json)
 
 
 @task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word})
@@ -562,7 +494,7 @@ def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
     every file, so serve and doctor treat it like a fetched model."""
     from turbo import adopt
 
-    _guard(lambda: adopt.adopt_model(dir, repo=repo, force=force, dry_run=dry_run))
+    _run(lambda: adopt.model_command(dir, repo=repo, force=force, dry_run=dry_run))
 
 
 @task(checks={"port": opt.PORT})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -257,3 +258,42 @@ def test_refresh_rewrites_a_stale_patch(vllm_sdist_pristine: Path, tmp_path: Pat
     assert patch_refresh.refresh(vllm_sdist_pristine, SDIST_REF, directory=d) == [name]
     assert (d / name).read_bytes() == good
     assert patch_refresh.refresh(vllm_sdist_pristine, SDIST_REF, directory=d) == []
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """One `invoke` command line, in process: its exit code, stdout and stderr."""
+    from invoke import Program
+
+    import tasks
+
+    try:
+        Program(namespace=tasks.ns, binary="invoke").run(["invoke", *argv], exit=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_patch_commands_print_the_report_as_text_or_json(
+    vllm_sdist_tree: Path, vllm_sdist_pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands' result on the command line: one report, text or (--json) its data."""
+    tree = str(vllm_sdist_tree)
+    code, out, _ = _cli(["patches.check", "--src", tree, "--ref", SDIST_REF], capsys)
+    head = f"check (dry run): {vllm_sdist_tree.resolve()} @ {SDIST_REF}"
+    assert code == 0 and out.splitlines()[0] == head
+    assert "  would apply 0001-cmake-native-sm12x-marlin.patch: " in out
+    code, out, _ = _cli(["patches.apply", "--src", tree, "--ref", SDIST_REF, "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and (data["action"], data["dry_run"]) == ("apply", False)
+    assert len(data["applied"]) == 3 and data["skipped"] == ["0004-qwen3-next-qkvz-prefix.patch"]
+    code, out, _ = _cli(["patches.revert", "--src", tree, "--dry-run"], capsys)
+    assert code == 0 and "  would restore CMakeLists.txt" in out.splitlines()
+    assert (vllm_sdist_tree / patching.STATE_FILE).is_file()  # a dry run changed nothing
+    code, out, _ = _cli(["patches.revert", "--src", tree, "--json"], capsys)
+    assert code == 0 and json.loads(out)["reverted"] == data["applied"]
+    assert_same_tree(vllm_sdist_tree, vllm_sdist_pristine)
+    # a patch that does not apply: one line on stderr, exit 1, nothing on stdout
+    code, out, err = _cli(["patches.check", "--src", tree, "--ref", PINNED], capsys)
+    assert (code, out) == (1, "") and err.startswith("error: patch 0004-qwen3-next-qkvz")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from turbo import paths
+from turbo import paths, proc
 from turbo.errors import TurboError
 
 # CUDA's header/library folder under a conda-forge prefix, per pixi platform.
@@ -80,16 +79,14 @@ def emulate(
     if scripts:
         body = "".join(f'source "{s}" || exit 1\n' for s in scripts)
         body += "env -0\n"
-        proc = subprocess.run(
-            ["bash", "-c", body], env=env, capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
+        res = proc.capture(["bash", "-c", body], base_env=env, timeout=None)
+        if not res.ok:
             raise TurboError(
                 "activation scripts",
-                f"{', '.join(scripts)} failed: {proc.stderr.strip()[:300]}",
+                f"{', '.join(scripts)} failed: {(res.stderr.strip() or res.why())[:300]}",
                 "Fix the script; pixi would fail the same way.",
             )
-        env = dict(item.split("=", 1) for item in proc.stdout.split("\0") if "=" in item)
+        env = dict(item.split("=", 1) for item in res.stdout.split("\0") if "=" in item)
     for key, value in variables.items():
         env[key] = expand(value, env)
     return env

@@ -36,6 +36,7 @@ from turbo.manifest import (
     sha256_file,
     write_manifest,
 )
+from turbo.outcome import Outcome, done
 
 Out = Callable[[str], None]
 
@@ -351,4 +352,37 @@ def adopt_model(
     return path
 
 
-__all__ = ["TARGETS", "adopt_model", "adopt_vllm", "gb10_verdict", "model_problems"]
+# --------------------------------------------------------------------------- commands
+def _keys_sorted(obj: Any) -> Any:
+    """``obj`` with every mapping's keys in order (the stamp's JSON is printed sorted)."""
+    if isinstance(obj, dict):
+        return {k: _keys_sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_keys_sorted(v) for v in obj]
+    return obj
+
+
+def vllm_command(vllm: str = "", *, force: bool = False, dry_run: bool = False) -> Outcome:
+    """``adopt-vllm``: what was (or would be) stamped, as lines and as the stamp's data."""
+    lines: list[str] = []
+    data = adopt_vllm(vllm, force=force, dry_run=dry_run, out=lines.append)
+    return done("\n".join(lines), _keys_sorted(data))
+
+
+def model_command(
+    model_dir: str, *, repo: str = "", force: bool = False, dry_run: bool = False, say: Out = print
+) -> Outcome:
+    """``adopt-model``: progress to ``say``; the manifest's path as data."""
+    path = adopt_model(model_dir, repo=repo, force=force, dry_run=dry_run, out=say)
+    return done(data={"manifest": str(path)})
+
+
+__all__ = [
+    "TARGETS",
+    "adopt_model",
+    "adopt_vllm",
+    "gb10_verdict",
+    "model_command",
+    "model_problems",
+    "vllm_command",
+]

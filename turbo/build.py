@@ -55,6 +55,7 @@ from turbo.cubins import cubin_targets as cubin_targets
 from turbo.cubins import gb10_ok as gb10_ok
 from turbo.errors import TurboError
 from turbo.host import Host
+from turbo.outcome import Outcome, done
 from turbo.pins import Pins
 
 
@@ -98,7 +99,7 @@ def _toolchain_verdict(opts: BuildOptions, pins: Pins, h: Host, probed: Toolchai
     )
 
 
-def dry_run(opts: BuildOptions, pins: Pins, host: Host | None = None) -> DryRun:
+def preview(opts: BuildOptions, pins: Pins, host: Host | None = None) -> DryRun:
     """The plan plus what a real run would decide: whether it builds, and whether the toolchain
     checks pass. Runs only read-only probes."""
     h = host or Host()
@@ -232,6 +233,23 @@ def build(
         echo(f"building: {why}")
         checked = _toolchain_verdict(opts, pins, h, plan.toolchain)
         return _execute(plan, checked, h, echo, t0)
+
+
+def command(opts: BuildOptions, pins: Pins, *, dry_run: bool = False, say: Echo = print) -> Outcome:
+    """``build-vllm``: the plan (``dry_run``: text, or JSON as data) or the build itself, its
+    progress to ``say`` and the result as data (noop, seconds, stamp)."""
+    paths.require_writable("build-vllm", paths.state_dir())
+    if opts.src is not None:
+        paths.require_writable(
+            "build-vllm --src", opts.src, "The tree is patched in place: pass a copy you can write."
+        )
+    if dry_run:
+        dry = preview(opts, pins)
+        return done(render_plan(dry), dry.to_json())
+    result = build(opts, pins, echo=say)
+    return done(
+        data={"noop": result.noop, "seconds": round(result.seconds, 3), "stamp": result.stamp}
+    )
 
 
 def _base_stamp(plan: BuildPlan, tc: Toolchain) -> dict[str, Any]:

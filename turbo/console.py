@@ -48,7 +48,7 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     st = path.stat()
     if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        path.chmod(0o700)  # made wider by an older version or a umask
+        path.chmod(0o700)  # made wider by a umask or by hand
     return path
 
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import zipfile
@@ -27,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from turbo import paths
+from turbo import paths, proc
 from turbo.errors import TurboError
 
 VLLM_VERSION = "0.16.0"
@@ -39,6 +38,10 @@ TORCH_STACK = ("torch==2.10.0", "torchvision==0.25.0", "torchaudio==2.10.0")
 _REPLACED = frozenset({"torch", "torchvision", "torchaudio"})
 MARKER = "turbo-env.json"
 BUILDING = ".building"
+# Imports vLLM as serve would and says which versions the environment holds.
+_VERSIONS = "import json, torch, vllm; print(json.dumps([vllm.__version__, torch.__version__]))"
+# `import vllm` on two busy cores takes tens of seconds; a probe past this has hung.
+PROBE_TIMEOUT_S = 600
 
 Progress = Callable[[str], None]
 
@@ -160,14 +163,18 @@ def _run(cmd: Sequence[str], log: Path, progress: Progress, what: str) -> None:
     progress(what)
     start = time.monotonic()
     with log.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        proc = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
+        fh.write("\n")
+
+        def write(line: str) -> None:
+            fh.write(line + "\n")
+            fh.flush()
+
+        ran = proc.stream(cmd, log=write, what=f"installing vLLM's CPU build ({what})")
+    if not ran.ok:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise TurboError(
             f"installing vLLM's CPU build ({what})",
-            f"exit {proc.returncode}: {' | '.join(tail)}",
+            f"exit {ran.rc}: {' | '.join(tail)}",
             f"See {log}; rerun to resume (the half-built environment is redone).",
         )
     progress(f"  done in {time.monotonic() - start:.0f} s")
@@ -246,20 +253,12 @@ def _build(spec: EnvSpec, root: Path, progress: Progress) -> CpuEnv:
         "(minutes, ~8 GB)",
     )
     _run([*pip, "install", "--no-deps", str(wheel)], log, progress, f"installing {wheel.name}")
-    probe = subprocess.run(
-        [
-            str(py),
-            "-c",
-            "import json, torch, vllm; print(json.dumps([vllm.__version__, torch.__version__]))",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
+    probe = proc.capture([str(py), "-c", _VERSIONS], timeout=PROBE_TIMEOUT_S)
+    if not probe.ok:
+        why = [probe.why()] if probe.fault else probe.stderr.strip().splitlines()[-1:]
         raise TurboError(
             "checking the new vLLM CPU environment",
-            f"`import vllm` failed: {probe.stderr.strip().splitlines()[-1:]}",
+            f"`import vllm` failed: {why}",
             f"See {log}; remove {root} and rerun.",
         )
     vllm_version, torch_version = json.loads(probe.stdout.strip().splitlines()[-1])

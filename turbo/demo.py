@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from turbo import cpu_vllm, paths
+from turbo import cpu_vllm, paths, proc
 from turbo.errors import TurboError
 from turbo.outcome import Outcome, done
 
@@ -57,15 +56,15 @@ def make_checkpoint(env: cpu_vllm.CpuEnv, dest: Path, kind: str = "qwen3-next") 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
+    res = proc.capture(
         [str(env.python), "-m", "turbo.tiny_model", "make", kind, str(tmp)],
-        env={**os.environ, "PYTHONPATH": str(paths.repo_root())},
-        capture_output=True,
-        text=True,
-        check=False,
+        timeout=None,
+        env={"PYTHONPATH": str(paths.repo_root())},
     )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    if not res.ok:
+        last = (
+            res.why() if res.fault else (res.stderr.strip().splitlines() or [f"exit {res.rc}"])[-1]
+        )
         raise TurboError(f"making the tiny {kind} checkpoint", last, "See the message above.")
     (tmp / DONE).write_text("made by turbo.tiny_model\n")
     if dest.exists():
@@ -97,19 +96,11 @@ def invoke(
 ) -> Result:
     """Run one product command (`invoke ARGS`) from the checkout, as a user would."""
     argv = [sys.executable, "-m", "invoke", *args]
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        argv,
-        cwd=paths.repo_root(),
-        env=dict(environ),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    res = Result(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    ran = proc.capture(argv, timeout=timeout, base_env=environ, cwd=paths.repo_root())
+    stderr = ran.stderr if not ran.fault else (ran.stderr + "\n" + ran.why()).strip()
+    res = Result(argv, ran.rc, ran.stdout, stderr, ran.seconds)
     if stream is not None:
-        for line in (proc.stdout + proc.stderr).splitlines():
+        for line in (res.stdout + res.stderr).splitlines():
             stream(f"    {line}")
     return res
 

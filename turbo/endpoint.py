@@ -53,7 +53,7 @@ def parse_base(url: str, environ: Mapping[str, str] | None = None) -> Endpoint:
     return Endpoint(base, env.get("VLLM_API_KEY") or None)
 
 
-# Kinds of failure a client meets; each carries its own advice (issue 13: the advice that fits).
+# Kinds of failure a client meets; each carries its own advice.
 NO_ANSWER, REFUSED, SERVER_ERROR, STALLED, DROPPED, NOT_OPENAI = (
     "no answer",
     "refused",

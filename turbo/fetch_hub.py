@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from turbo import paths
-from turbo.console import redact
 from turbo.errors import TurboError, UsageError
 from turbo.fetch_data import GB, TOKEN_FIX, Hub, RemoteFile, Request, truthy, wanted
 from turbo.pins import Pins
+from turbo.redact import redact
 
 LOCK_FILE = "model-lock.json"
 

@@ -7,7 +7,7 @@ the requests a real run would make and the refusal it would start with.
 from __future__ import annotations
 
 from turbo import paths
-from turbo.console import redact, render_table
+from turbo.console import render_table
 from turbo.errors import TurboError
 from turbo.fetch_data import (
     ADOPT_FIX,
@@ -31,6 +31,7 @@ from turbo.fetch_data import (
 )
 from turbo.manifest_data import MANIFEST_NAME
 from turbo.pins import Pins
+from turbo.redact import redact
 
 
 def dry_run_result(plan: Plan, refusal: TurboError | None) -> FetchResult:

@@ -21,9 +21,9 @@ import requests
 # Hashing is looked up on the manifest module at call time, so a test that forbids hashing
 # there (tests/test_fetch_offline.py) sees every hash this module would take.
 from turbo import manifest as manifest_mod
-from turbo.console import redact
 from turbo.errors import TurboError
 from turbo.fetch_data import TOKEN_FIX, Plan, RemoteFile, own, part_path, staging_dir, truthy
+from turbo.redact import redact
 
 CHUNK = 1 << 20
 

@@ -3,9 +3,8 @@
 :class:`Host` is how build, serve, doctor and the toolchain checks see the machine (CPU
 architecture, tools on PATH, environment, memory, disk, ports, subprocess output). Tests hand in
 a subclass with fixed answers, so the real machine is only touched here. The one probe that
-several stages gate on, whether ptxas can assemble GB10's E2M1 conversion, lives here too. It
-sits below every command (doctor re-exports its names for older importers) and imports nothing
-of ours but :mod:`turbo.paths` and :mod:`turbo.checks`.
+several stages gate on, whether ptxas can assemble GB10's E2M1 conversion, lives here too.
+Programs run through :mod:`turbo.proc`; it stands below every stage and command.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """fetch-model: download the pinned NVFP4 checkpoint once, verified and resumable.
 
-The command: it decides and the stages describe. ``fetch_hub`` asks the hub which commit and
-which files, ``fetch_plan`` judges each file against the destination, ``fetch_transfer`` moves
-the bytes (ranged, resumable, hash-checked; manifest last), ``fetch_report`` renders the result
-and what --dry-run says, ``fetch_local`` checks a local copy against its manifest without the
-network, ``fetch_dest`` guards what fetch-model did not write. The names other code and the
-tests use are re-exported here.
+The command: it decides and composes; the pieces below it never call each other and pass the
+plain data of ``fetch_data`` (request, hub, plan, result, staging record). ``fetch_hub`` asks
+the hub which commit and which files, ``fetch_plan`` judges each file against the destination,
+``fetch_verify`` hashes what is there, ``fetch_transfer`` moves one file's bytes into its part
+(ranged, resumable), ``fetch_dest`` opens and closes the staging folder, ``fetch_report``
+renders the result and what --dry-run says, ``fetch_local`` checks a local copy against its
+manifest without the network. Carrying out a plan is here (``execute``): each file into
+place, then the manifest last. The names other code and the tests use are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 import requests
 
 from turbo import paths
-from turbo.console import redact, strip_url_credentials
 from turbo.errors import TurboError
 from turbo.fetch_data import (
     GB,
@@ -80,6 +81,7 @@ from turbo.manifest import (
 )
 from turbo.outcome import Outcome, done
 from turbo.pins import Pins
+from turbo.redact import redact, strip_url_credentials
 
 __all__ = [
     "CHUNK",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from turbo import paths
-from turbo.console import REDACTED, SECRET_ENV, is_secret_key
 from turbo.errors import TurboError, UsageError
+from turbo.redact import REDACTED, SECRET_ENV, is_secret_key
 from turbo.service_unit import (
     RAY_START_TIMEOUT_S,
     START_MARGIN_S,

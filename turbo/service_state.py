@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbo import proc
 from turbo.console import render_table
 from turbo.service_unit import SYSTEM, USER, Systemctl, installed_units, parse_unit, target
 
@@ -19,11 +19,10 @@ def run_systemctl(args: list[str]) -> tuple[int, str]:
     exe = shutil.which("systemctl")
     if exe is None:
         return 127, "systemctl not found"
-    try:
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return proc.returncode, (proc.stdout.strip() or proc.stderr.strip())
+    res = proc.capture([exe, *args], timeout=30)
+    if res.fault:
+        return 1, res.error
+    return res.rc, (res.stdout.strip() or res.stderr.strip())
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo.console import SECRET_ENV
 from turbo.errors import UsageError
+from turbo.redact import SECRET_ENV
 
 # Runs `systemctl ARGS...`; returns (exit code, stdout). Tests hand in a fake.
 Systemctl = Callable[[list[str]], tuple[int, str]]

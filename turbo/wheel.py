@@ -8,7 +8,6 @@ serve and the two-node check see an installed wheel exactly like a local build.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,24 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbo import paths, stamp, toolchain
+from turbo import paths, proc, stamp, toolchain
 from turbo.build_run import Echo, run_step
 from turbo.build_types import GB10_CUBINS, Step, StepKind
 from turbo.console import TaskLog
 from turbo.errors import TurboError
 from turbo.host import Host
+from turbo.manifest import sha256_file as sha256_file
+from turbo.outcome import Outcome, done
 from turbo.pins import Pins
 
 STAMP_SUFFIX = ".turbo.json"
 CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stamp_for(wheel: Path) -> Path:
@@ -67,7 +60,8 @@ def make_wheel(
     dest: Path, *, python: str, echo: Echo = print, dry_run: bool = False
 ) -> WheelResult | list[str]:
     """Wheel the tree the stamp describes, with the build's own environment: the CMake build
-    directory is reused, so nothing is compiled again. Returns the argv when ``dry_run``."""
+    directory is reused, so nothing is compiled again. Returns the command line (redacted) when
+    ``dry_run``."""
     built = dict(stamp.require_ok(stamp.read_stamp()))
     if "installed_from" in built:
         raise TurboError(
@@ -79,7 +73,7 @@ def make_wheel(
     env = {k: str(v) for k, v in built.get("flags", {}).get("env", {}).items()}
     argv = wheel_argv(python, src, dest)
     if dry_run:
-        return [*(f"{k}={v}" for k, v in sorted(env.items())), *argv]
+        return [proc.describe(argv, env)]
     if not src.is_dir():
         raise TurboError("wheel", f"the built tree {src} is gone", "Run build-vllm again.")
     dest.mkdir(parents=True, exist_ok=True)
@@ -252,5 +246,54 @@ def compare_files(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
     return stamp.compare(sa, sb)
 
 
+def identity(rec: dict[str, Any]) -> dict[str, Any]:
+    """What makes two builds the same, with its digest first."""
+    return {"digest": stamp.identity_digest(rec), **stamp.identity(rec)}
+
+
 def identity_json(rec: dict[str, Any]) -> str:
-    return json.dumps({"digest": stamp.identity_digest(rec), **stamp.identity(rec)}, indent=2)
+    return json.dumps(identity(rec), indent=2)
+
+
+# --------------------------------------------------------------------------- commands
+def wheel_command(dest: Path, *, python: str, dry_run: bool = False, say: Echo = print) -> Outcome:
+    """``wheel``: the command line under ``dry_run``; else the wheel, its stamp as data."""
+    res = make_wheel(dest, python=python, echo=say, dry_run=dry_run)
+    if isinstance(res, list):
+        return done(" ".join(res))
+    return done(data=res.stamp)
+
+
+def install_command(
+    where: str,
+    pins: Pins,
+    *,
+    python: str,
+    target: str = "cuda",
+    no_deps: bool = False,
+    dry_run: bool = False,
+    say: Echo = print,
+) -> Outcome:
+    """``install-wheel``: check and install the wheel; the stamp it records as data."""
+    rec = install_wheel(
+        where, pins, python=python, target=target, no_deps=no_deps, dry_run=dry_run, echo=say
+    )
+    return done(data=rec)
+
+
+def stamp_command(compare: Path | None = None) -> Outcome:
+    """``build-stamp``: this node's build identity; with ``compare``, whether another node's
+    stamp names the same build (a difference is a TurboError naming every field)."""
+    mine = dict(stamp.require_ok(stamp.read_stamp()))
+    if compare is not None:
+        other = stamp.read_stamp(compare)
+        if other is None:
+            compare_files(paths.stamp_path(), compare)
+        stamp.require_same_build(mine, other or {}, remote_name=str(compare))
+        return done(f"same build: {stamp.identity_digest(mine)[:16]}")
+    text = (
+        f"build {stamp.identity_digest(mine)[:16]}: vLLM {mine.get('commit')} "
+        f"patches {str(mine.get('patch_digest'))[:12]} arch {mine.get('arch_list')} "
+        f"torch {mine.get('torch')} CUDA {mine.get('cuda')} {mine.get('machine')}"
+    )
+    return done(text, identity(mine))

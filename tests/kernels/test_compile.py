@@ -3,6 +3,7 @@ and the header asks for it; TURBO_E2M1_TARGET_HAS_CVT agrees with ptxas on every
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +87,44 @@ def test_gencode_rejects_garbage() -> None:
 
     with pytest.raises(UsageError):
         kernels.gencode("sm_121a")
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """One `invoke` command line, in process: its exit code, stdout and stderr."""
+    from invoke import Program
+
+    import tasks
+
+    try:
+        Program(namespace=tasks.ns, binary="invoke").run(["invoke", *argv], exit=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_compile_check_command_table_json_and_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = _cli(["kernels.compile-check", "--archs", "90,121a"], capsys)
+    rows = out.splitlines()
+    assert code == 0 and rows[0].split() == ["arch", "forced", "sw", "compiles", "cvt", "in",
+                                             "PTX", "cvt", "in", "SASS"]
+    assert rows[2].split()[:4] == ["90", "False", "True", "False"]
+    assert rows[3].split()[:4] == ["121a", "False", "True", "True"]
+    # a target this nvcc cannot build: the JSON still comes, and the exit code says it failed
+    code, out, _ = _cli(["kernels.compile-check", "--archs", "121a,35", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1 and [(r["arch"], r["ok"]) for r in data] == [("121a", True), ("35", False)]
+    assert "compute_35" in data[1]["message"]
+
+
+def test_probe_dry_run_prints_the_build_and_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(["kernels.probe", "--arch", "121a", "--dry-run"], capsys)
+    build, run = out.splitlines()
+    assert code == 0 and build.startswith(f"build: {kernels.nvcc()} -O3 -std=c++17 ")
+    assert "-gencode arch=compute_121a,code=sm_121a" in build
+    assert f"{kernels.DEVICE_CHECK_SRC} -o <cache>/e2m1_device_check" in build
+    assert build.endswith(f"(cached under {kernels.build_root()})")
+    assert run == "run:   <cache>/e2m1_device_check"
