@@ -212,11 +212,11 @@ def install_wheel(
     constraints.write_text(f"torch=={rec['torch']}\n")
     with TaskLog("install-wheel") as log:
         run_step(Step("install wheel", argv, paths.state_dir(), kind=StepKind.RUN), log, echo)
-    installed = toolchain.quick_probe(pins, python=python, target="empty", host=host)
-    if installed.vllm_installed != rec.get("vllm_version"):
+    installed = toolchain.installed_vllm(python, host)
+    if installed != rec.get("vllm_version"):
         raise TurboError(
             "install-wheel",
-            f"installed vLLM is {installed.vllm_installed}, the "
+            f"installed vLLM is {installed}, the "
             f"stamp says {rec.get('vllm_version')}",
             "See the log.",
         )
