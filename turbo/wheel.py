@@ -206,7 +206,7 @@ def install_wheel(
     constraints = paths.state_dir() / "build" / "constraints.txt"
     argv = install_argv(python, wheel, constraints, no_deps)
     if dry_run:
-        echo(" ".join(argv))
+        echo(proc.describe(argv))
         return rec
     constraints.parent.mkdir(parents=True, exist_ok=True)
     constraints.write_text(f"torch=={rec['torch']}\n")
