@@ -2,8 +2,9 @@
 
 The unit itself is plain data (turbo/service_unit.py), composed from serve's own resolution of
 the profile (turbo/service_plan.py); systemd's view of installed units is turbo/service_state.py.
-This command resolves the profile through serve, refuses what must not be written, writes the
-files and drives systemctl where the unit directory is systemd's own.
+This command resolves the profile with serve's own pieces (turbo/serve_plan.py and
+turbo/serve_preflight.py), refuses what must not be written, writes the files and drives
+systemctl where the unit directory is systemd's own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, done
@@ -80,6 +82,10 @@ __all__ = [
     "unit_name",
 ]
 
+if TYPE_CHECKING:
+    from turbo.pins import Pins
+    from turbo.profiles import ProfileBook
+
 Out = Callable[[str], None]
 
 
@@ -90,16 +96,30 @@ def plan_install(
     python: str = sys.executable,
     systemctl: Systemctl = run_systemctl,
 ) -> Installed:
-    """Resolve the profile through serve itself, then compose the unit and its env file."""
-    from turbo import serve
+    """Resolve the profile as serve does, then compose the unit and its env file."""
     from turbo.pins import load_pins
-    from turbo.profiles import Overrides, load_book
+    from turbo.profiles import load_book
 
     tgt = target(req.scope, environ, req.unit_dir)
     unit_name(req.name or req.profile)
-    o = req.serve
-    refuse_secret_sets(o.sets)
+    refuse_secret_sets(req.serve.sets)
     book = load_book()
+    served = _served(req, load_pins(), book, environ)
+    return compose(req, served, tgt, environ, python=python, systemctl=systemctl)
+
+
+def _served(
+    req: InstallRequest, pins: Pins, book: ProfileBook, environ: Mapping[str, str]
+) -> Served:
+    """serve's own plan and preflight for the unit's options: a bad profile, key or missing
+    --head fails here, now, and the checks that fail on this host become a note."""
+    from turbo import serve_plan, serve_preflight
+    from turbo.profiles import Overrides
+    from turbo.serve_types import NetOptions
+    from turbo.stamp import read_stamp
+
+    o = req.serve
+    # No words after `--` reach a unit, so there is nothing for serve's extra_args to absorb.
     ov = Overrides(
         port=o.port or None,
         model=o.model or None,
@@ -108,25 +128,48 @@ def plan_install(
         head=o.head or None,
         node_ip=o.node_ip or None,
     )
-    net = serve.NetOptions(
+    net = NetOptions(
         ifname=o.ifname or None,
         hca=tuple(h for h in o.hca.split(",") if h),
         gid_index=o.gid_index if o.gid_index >= 0 else None,
     )
-    # The same resolution `serve` does: a bad profile, key or missing --head fails here, now.
-    prep = serve.prepare(req.profile, load_pins(), ov, book=book, environ=environ, net=net)
-    served = Served(
-        kind=prep.plan.kind,
-        api=prep.plan.api,
-        port=prep.plan.port,
-        description=prep.plan.description,
-        uses_ray=prep.plan.uses_ray,
-        cluster=prep.profile.cluster,
-        failing=[c.name for c in prep.checks if c.status == "fail"],
+    built = read_stamp()
+    probe = serve_preflight.Probe()
+    planned = serve_plan.plan_profile(
+        req.profile,
+        pins,
+        ov,
+        book=book,
+        environ=environ,
+        built=built,
+        net=net,
+        host=probe.host,
+        sysfs=probe.sysfs,
+        ipv4=probe.ipv4,
+    )
+    plan = planned.plan
+    checks = serve_preflight.preflight(
+        plan,
+        planned.profile,
+        book,
+        probe,
+        environ,
+        pins.model.size_gb,
+        planned.roce_error,
+        built,
+        planned.build_digest,
+    )
+    return Served(
+        kind=plan.kind,
+        api=plan.api,
+        port=plan.port,
+        description=plan.description,
+        uses_ray=plan.uses_ray,
+        cluster=planned.profile.cluster,
+        failing=[c.name for c in checks if c.status == "fail"],
         env_names=list(book.env_names),
         serve_section=book.section("serve"),
     )
-    return compose(req, served, tgt, environ, python=python, systemctl=systemctl)
 
 
 def render_install(inst: Installed, tgt: Target, dry_run: bool) -> str:
