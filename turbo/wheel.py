@@ -216,8 +216,7 @@ def install_wheel(
     if installed != rec.get("vllm_version"):
         raise TurboError(
             "install-wheel",
-            f"installed vLLM is {installed}, the "
-            f"stamp says {rec.get('vllm_version')}",
+            f"installed vLLM is {installed}, the stamp says {rec.get('vllm_version')}",
             "See the log.",
         )
     record = {
