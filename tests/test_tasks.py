@@ -140,3 +140,11 @@ def test_progress_goes_to_stderr_under_json(capsys: pytest.CaptureFixture[str]) 
     tasks._say(False)("building")
     out = capsys.readouterr()
     assert (out.out, out.err) == ("building\n", "fetching\n")
+
+
+def test_check_table_names_only_tasks() -> None:
+    from turbo.task_checks import CHECKS
+
+    assert set(CHECKS) <= _task_functions()
+    for name, checks in CHECKS.items():
+        assert getattr(tasks, name).checks == checks, name
