@@ -14,6 +14,7 @@ from tests.conftest import REPO
 from tests.serve_fixtures import rdma_device
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, checked, done
+from turbo.task_help import details as task_help_details
 from turbo.task_help import options_help
 
 
@@ -88,6 +89,17 @@ def test_help_book_has_a_table_per_task_and_no_other() -> None:
 def test_help_comes_from_the_book() -> None:
     assert tasks.serve.help == options_help("serve")
     assert "RoCE" in tasks.serve.help["ifname"]
+
+
+def test_task_help_is_the_summary_then_the_books_details() -> None:
+    doc = tasks.serve.body.__doc__ or ""
+    summary, blank, *details = doc.splitlines()
+    assert summary.startswith("Serve a profile with vLLM") and blank == ""
+    assert "\n".join(details) == task_help_details("serve")
+    assert "--detach for the background" in doc
+    # A task without details keeps its docstring as it is.
+    assert tasks.service_status.body.__doc__ == (
+        "List vllm-turbo units (user and system) with systemd's active/enabled state.")
 
 
 def _invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
