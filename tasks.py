@@ -176,8 +176,8 @@ def bench(c: Context, url: str = "", port: int = 0, served_name: str = "",
     from turbo import bench as bn
     from turbo import roofline as rl
     if roofline:
-        _run(lambda: rl.command(model=model, bandwidth_gbs=bandwidth_gbs,
-                                       context=context, kv_dtype=kv_dtype), json)
+        _run(lambda: rl.command(model=model, bandwidth_gbs=bandwidth_gbs, context=context,
+                                kv_dtype=kv_dtype), json)
         return
     _run(lambda: bn.command(url=url, port=port or None, served_name=served_name,
                             prompt_lens=prompt_lens, output_lens=output_lens,
