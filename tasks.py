@@ -289,13 +289,13 @@ def service_install(c: Context, profile: str = "vanilla", user: bool = False,
                     enable: bool = False, dry_run: bool = False, json: bool = False) -> None:
     """Write a systemd unit that runs `serve --profile P` (Type=notify: ready once warmed up)."""
     from turbo import service
-    opts = service.ServeOptions(port=port, model=model, host=host, sets=tuple(set or ()),
-                                head=head, node_ip=node_ip, ifname=ifname, hca=hca,
-                                gid_index=gid_index, health_timeout=health_timeout, warmup=warmup)
-    _run(lambda: service.install(
-        service.request(profile, opts, user=user, system=system, name=name, unit_dir=unit_dir,
-                        requires=requires, extra=c.remainder),
-        dry_run=dry_run, enable=enable), json)
+    _run(lambda: service.install(service.request(
+        profile, service.ServeOptions(
+            port=port, model=model, host=host, sets=tuple(set or ()), head=head, node_ip=node_ip,
+            ifname=ifname, hca=hca, gid_index=gid_index, health_timeout=health_timeout,
+            warmup=warmup),
+        user=user, system=system, name=name, unit_dir=unit_dir, requires=requires,
+        extra=c.remainder), dry_run=dry_run, enable=enable), json)
 
 
 @task(name="status", checks=CHECKS["service_status"])

@@ -12,6 +12,7 @@ from invoke import Exit, Program
 import tasks
 from tests.conftest import REPO
 from tests.serve_fixtures import rdma_device
+from tests.test_cli import TASKS as TASK_NAMES
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, checked, done
 from turbo.task_help import details as task_help_details
@@ -148,3 +149,31 @@ def test_check_table_names_only_tasks() -> None:
     assert set(CHECKS) <= _task_functions()
     for name, checks in CHECKS.items():
         assert getattr(tasks, name).checks == checks, name
+
+
+def _guarded(stmt: ast.stmt) -> bool:
+    """A statement of a task body that cannot fail outside _run: an import, a _run call, a
+    branch of those, a bare return, or a name bound to a display of names (no calls)."""
+    if isinstance(stmt, ast.Import | ast.ImportFrom):
+        return True
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        return isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "_run"
+    if isinstance(stmt, ast.If):
+        return all(_guarded(s) for s in stmt.body + stmt.orelse)
+    if isinstance(stmt, ast.Return):
+        return stmt.value is None
+    if isinstance(stmt, ast.Assign):
+        return not any(isinstance(n, ast.Call) for n in ast.walk(stmt.value))
+    return False
+
+
+def test_every_task_body_runs_its_command_through_run() -> None:
+    tree = ast.parse((REPO / "tasks.py").read_text())
+    bodies = {node.name: node.body[1:] for node in tree.body
+              if isinstance(node, ast.FunctionDef) and node.name in _task_functions()}
+    assert len(bodies) == len(TASK_NAMES)
+    unguarded = {name: ast.unparse(s) for name, body in bodies.items() for s in body
+                 if not _guarded(s)}
+    assert unguarded == {}
+    assert all(any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "_run"
+                   for s in body for c in ast.walk(s)) for body in bodies.values())
