@@ -14,6 +14,7 @@ from tests.conftest import REPO
 from tests.serve_fixtures import rdma_device
 from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, checked, done
+from turbo.task_help import details as task_help_details
 from turbo.task_help import options_help
 
 
@@ -90,6 +91,17 @@ def test_help_comes_from_the_book() -> None:
     assert "RoCE" in tasks.serve.help["ifname"]
 
 
+def test_task_help_is_the_summary_then_the_books_details() -> None:
+    doc = tasks.serve.body.__doc__ or ""
+    summary, blank, *details = doc.splitlines()
+    assert summary.startswith("Serve a profile with vLLM") and blank == ""
+    assert "\n".join(details) == task_help_details("serve")
+    assert "--detach for the background" in doc
+    # A task without details keeps its docstring as it is.
+    assert tasks.service_status.body.__doc__ == (
+        "List vllm-turbo units (user and system) with systemd's active/enabled state.")
+
+
 def _invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         Program(namespace=tasks.ns, binary="invoke").run(["invoke", *argv], exit=True)
@@ -128,3 +140,11 @@ def test_progress_goes_to_stderr_under_json(capsys: pytest.CaptureFixture[str]) 
     tasks._say(False)("building")
     out = capsys.readouterr()
     assert (out.out, out.err) == ("building\n", "fetching\n")
+
+
+def test_check_table_names_only_tasks() -> None:
+    from turbo.task_checks import CHECKS
+
+    assert set(CHECKS) <= _task_functions()
+    for name, checks in CHECKS.items():
+        assert getattr(tasks, name).checks == checks, name

@@ -50,13 +50,14 @@ from turbo.build_types import Jobs as Jobs
 from turbo.build_types import Step as Step
 from turbo.build_types import StepKind as StepKind
 from turbo.build_types import Toolchain
-from turbo.console import TaskLog, redact_argv, redact_env
+from turbo.console import TaskLog
 from turbo.cubins import cubin_targets as cubin_targets
 from turbo.cubins import gb10_ok as gb10_ok
 from turbo.errors import TurboError
 from turbo.host import Host
 from turbo.outcome import Outcome, done
 from turbo.pins import Pins
+from turbo.redact import redact_argv, redact_env
 
 
 # --------------------------------------------------------------------------- the plan

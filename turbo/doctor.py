@@ -1,7 +1,11 @@
 """`doctor`: is this host ready to build and serve? One row per fact, each with what to do.
 
-Every probe of the host goes through :class:`turbo.host.Host` (re-exported here for existing
-importers), so tests can hand in a fake machine and the real one is only touched there.
+Every probe of the host goes through :class:`turbo.host.Host`, so tests can hand in a fake
+machine and the real one is only touched there. Where serve's preflight asks the same question
+(the vLLM build, the model, the GPU, the port) both rows come from one function
+(turbo/build_verdict.py, turbo/serve_preflight.py, turbo/host.py); doctor is advice, so a build
+or model not there yet is WARN here and FAIL before a launch. The check vocabulary and the host
+probes are importable from here too (``doctor.Check``, ``doctor.Host`` ...).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from turbo.host import check_port as check_port
 from turbo.host import check_ptxas_sm121a as check_ptxas_sm121a
 from turbo.host import find_cuda_tool as find_cuda_tool
 from turbo.host import nvidia_smi as nvidia_smi
+from turbo.manifest import manifest_path
 from turbo.outcome import Outcome, checked
 from turbo.pins import Pins
 from turbo.profiles import env_port
@@ -203,9 +208,6 @@ def check_vllm_built(stamp: dict[str, object] | None) -> Check:
     return vllm_build_check(stamp, "cuda", blocking=False)
 
 
-MODEL_MANIFEST = "turbo-manifest.json"
-
-
 def check_model(model_dir: Path) -> Check:
     """Manifest present and every file at its recorded size: serve's verdict, weighed as
     advice (a model not fetched yet is WARN here, FAIL before a launch)."""
@@ -221,10 +223,9 @@ def check_writable(name: str, path: Path, fix: str) -> Check:
 
 
 def check_locations(pins: Pins, model_complete: bool) -> list[Check]:
-    home_fix = "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`)."
     checks = [
-        check_writable("state dir", paths.state_dir(), home_fix),
-        check_writable("log dir", paths.log_dir(), home_fix),
+        check_writable("state dir", paths.state_dir(), paths.HOME_FIX),
+        check_writable("log dir", paths.log_dir(), paths.HOME_FIX),
     ]
     model = paths.model_dir(pins)
     if model_complete:
@@ -247,7 +248,7 @@ def run_checks(pins: Pins, host: Host | None = None) -> list[Check]:
     smi = nvidia_smi(h)
     stamp = read_stamp()
     model = paths.model_dir(pins)
-    model_ok = (model / MODEL_MANIFEST).exists()
+    model_ok = manifest_path(model).exists()
     try:
         port_check = check_port(h, pins.serve.host, env_port(h.env, pins.serve.port))
     except TurboError as err:

@@ -26,7 +26,7 @@ from invoke.tasks import task as _invoke_task
 
 from turbo.errors import UsageError
 from turbo.paths import unwritable_reason
-from turbo.task_help import options_help
+from turbo.task_help import full_doc, options_help
 
 # One short flag per meaning, the same in every task.
 FIXED_SHORT = {"dry_run": "n", "json": "j"}
@@ -96,7 +96,8 @@ else:
 class CheckedTask(_TaskBase):
     """An invoke Task whose options check their values (``checks``: option name -> check).
 
-    Its option help is the task's table in turbo/data/help.toml (``turbo.task_help``).
+    Its help past the docstring's summary line is its table in turbo/data/help.toml
+    (``turbo.task_help``).
     ``allow_empty`` names the string options for which an empty value means something."""
 
     def __init__(
@@ -107,9 +108,11 @@ class CheckedTask(_TaskBase):
         allow_empty: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
-        # Option help comes from turbo/data/help.toml unless the task passes its own.
+        # The help after the summary line, and each option's, come from turbo/data/help.toml
+        # unless the task passes its own.
         if kwargs.get("help") is None:
             kwargs["help"] = options_help(body.__name__)
+        body.__doc__ = full_doc(body.__doc__, body.__name__)
         super().__init__(body, *args, **kwargs)
         self.checks = dict(checks or {})
         self.allow_empty = frozenset(allow_empty)

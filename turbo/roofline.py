@@ -19,7 +19,6 @@ from turbo.checkpoint_read import read_quant as read_quant
 from turbo.errors import UsageError
 from turbo.limit import default_kv_dtype as default_kv_dtype
 from turbo.limit import traffic as traffic
-from turbo.options import OptionError
 from turbo.outcome import Outcome, done
 from turbo.traffic import BF16 as BF16
 from turbo.traffic import BLOCK_SCALES as BLOCK_SCALES
@@ -136,15 +135,3 @@ def command(
     bw = bwm.bandwidth(bandwidth_gbs or None, measure=measure)
     ctx = context or DEFAULT_CONTEXT
     return done(render(t, ctx, bw), data(t, ctx, bw))
-
-
-def check_gbs(value: str) -> None:
-    """`--bandwidth-gbs`: a positive number of GB/s (the option check of `invoke bench`)."""
-    try:
-        figure = float(value)
-    except ValueError:
-        raise OptionError(
-            "is not a number of GB/s", "For example --bandwidth-gbs 273 (a GB10)"
-        ) from None
-    if not 0 < figure < 1e6:
-        raise OptionError("is not a bandwidth in GB/s", "Give a positive figure, e.g. 273")

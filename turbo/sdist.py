@@ -28,6 +28,7 @@ from urllib.parse import urljoin
 
 from turbo import paths
 from turbo.errors import TurboError
+from turbo.manifest import sha256_file
 from turbo.pins import load_pins
 from turbo.releases import PROJECT as PROJECT
 from turbo.releases import release_key as release_key
@@ -67,11 +68,7 @@ def sdist_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _pinned_sha(version: str) -> str | None:

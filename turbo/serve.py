@@ -28,7 +28,6 @@ from turbo.outcome import Outcome
 from turbo.pins import Pins
 from turbo.profiles import Overrides, Profile, ProfileBook, load_book
 from turbo.redact import redact_argv, redact_env, register_secrets
-from turbo.serve_plan import build_plan as build_plan
 from turbo.serve_preflight import Probe as Probe
 from turbo.serve_preflight import build_check as build_check
 from turbo.serve_preflight import first_failure as first_failure
@@ -85,11 +84,6 @@ def prepare(
         plan, prof, b, pr, env, pins.model.size_gb, planned.roce_error, built, planned.build_digest
     )
     return Prepared(plan, prof, checks)
-
-
-def _uses_ray(plan: Plan) -> bool:
-    """service's name for ``plan.uses_ray``."""
-    return plan.uses_ray
 
 
 def plan_view(plan: Plan) -> dict[str, Any]:

@@ -28,7 +28,6 @@ FETCH_FIX = (
     "Run `pixi run fetch-model` (~45 GB; it resumes), or point MODEL (serve: --model) at a "
     "complete copy."
 )
-STATE_FIX = "Set TURBO_HOME to a directory you own, or fix the owner (`sudo chown -R`)."
 
 
 @dataclass
@@ -340,7 +339,7 @@ def _state_dir_check() -> Check | None:
     for where in (paths.log_dir(), paths.run_dir()):
         why = paths.unwritable_reason(where)
         if why:
-            return Check("state dir", FAIL, why, STATE_FIX)
+            return Check("state dir", FAIL, why, paths.HOME_FIX)
     return None
 
 

@@ -1,8 +1,8 @@
-"""The help text of every task option, kept as data in turbo/data/help.toml.
+"""The words of the command line, kept as data in turbo/data/help.toml.
 
-``invoke --help TASK`` prints one line per option; the words live in one TOML table per task
-(named as the task's function in tasks.py) so tasks.py holds only the mapping from options to
-calls. The task decorator in ``turbo.options`` reads a task's table here.
+``invoke --list`` prints each task's summary (the first line of its docstring in tasks.py);
+``invoke --help TASK`` adds the task's ``details`` and one line per option, both read from the
+task's table here (named as the task's function), so tasks.py holds only options and calls.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import tomllib
 from functools import cache
 from importlib import resources
+from typing import Any
 
 HELP_RESOURCE = "help.toml"
 
 
 @cache
-def _book() -> dict[str, dict[str, str]]:
+def _book() -> dict[str, Any]:
     text = resources.files("turbo.data").joinpath(HELP_RESOURCE).read_text(encoding="utf-8")
     return tomllib.loads(text)
 
@@ -25,4 +26,17 @@ def options_help(task_function: str) -> dict[str, str]:
 
     A task with no table has no option help (tests/test_cli.py fails on any option without).
     """
-    return dict(_book().get(task_function, {}))
+    return dict(_book().get(task_function, {}).get("options", {}))
+
+
+def details(task_function: str) -> str:
+    """What ``--help`` says about the task after its summary line ("" when nothing)."""
+    return str(_book().get(task_function, {}).get("details", ""))
+
+
+def full_doc(summary: str | None, task_function: str) -> str | None:
+    """The task's whole help text: its docstring's summary, a blank line, its details."""
+    more = details(task_function)
+    if not more:
+        return summary
+    return f"{(summary or '').rstrip()}\n\n{more}"

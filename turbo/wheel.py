@@ -206,18 +206,17 @@ def install_wheel(
     constraints = paths.state_dir() / "build" / "constraints.txt"
     argv = install_argv(python, wheel, constraints, no_deps)
     if dry_run:
-        echo(" ".join(argv))
+        echo(proc.describe(argv))
         return rec
     constraints.parent.mkdir(parents=True, exist_ok=True)
     constraints.write_text(f"torch=={rec['torch']}\n")
     with TaskLog("install-wheel") as log:
         run_step(Step("install wheel", argv, paths.state_dir(), kind=StepKind.RUN), log, echo)
-    installed = toolchain.quick_probe(pins, python=python, target="empty", host=host)
-    if installed.vllm_installed != rec.get("vllm_version"):
+    installed = toolchain.installed_vllm(python, host)
+    if installed != rec.get("vllm_version"):
         raise TurboError(
             "install-wheel",
-            f"installed vLLM is {installed.vllm_installed}, the "
-            f"stamp says {rec.get('vllm_version')}",
+            f"installed vLLM is {installed}, the stamp says {rec.get('vllm_version')}",
             "See the log.",
         )
     record = {
