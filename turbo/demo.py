@@ -62,10 +62,8 @@ def make_checkpoint(env: cpu_vllm.CpuEnv, dest: Path, kind: str = "qwen3-next") 
         env={"PYTHONPATH": str(paths.repo_root())},
     )
     if not res.ok:
-        last = (
-            res.why() if res.fault else (res.stderr.strip().splitlines() or [f"exit {res.rc}"])[-1]
-        )
-        raise TurboError(f"making the tiny {kind} checkpoint", last, "See the message above.")
+        lines = res.stderr.strip().splitlines() or [res.why() if res.fault else f"exit {res.rc}"]
+        raise TurboError(f"making the tiny {kind} checkpoint", lines[-1], "See the message above.")
     (tmp / DONE).write_text("made by turbo.tiny_model\n")
     if dest.exists():
         shutil.rmtree(dest)

@@ -19,16 +19,12 @@ from turbo.errors import TurboError, UsageError
 from turbo.outcome import Outcome, done
 from turbo.service_plan import Installed, compose, refuse_secret_sets
 from turbo.service_state import (
-    NO_SYSTEMCTL,
-    UnitState,
     doctor_row,
     render_states,
     run_systemctl,
     states,
 )
 from turbo.service_unit import (
-    MARK,
-    PREFIX,
     SYSTEM,
     USER,
     InstallRequest,
@@ -38,7 +34,6 @@ from turbo.service_unit import (
     Systemctl,
     Target,
     env_file_text,
-    installed_units,
     is_ours,
     parse_unit,
     read_env_file,
@@ -52,9 +47,6 @@ from turbo.service_unit import (
 )
 
 __all__ = [
-    "MARK",
-    "NO_SYSTEMCTL",
-    "PREFIX",
     "SYSTEM",
     "USER",
     "InstallRequest",
@@ -63,10 +55,8 @@ __all__ = [
     "Spec",
     "Systemctl",
     "Target",
-    "UnitState",
     "doctor_row",
     "install",
-    "installed_units",
     "parse_unit",
     "plan_install",
     "read_env_file",
