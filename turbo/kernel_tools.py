@@ -15,14 +15,12 @@ from pathlib import Path
 
 from turbo import activation
 from turbo.errors import TurboError
+from turbo.host import Host, find_cuda_tool
 
 
 def nvcc() -> str:
-    """The CUDA compiler: ``$CUDA_HOME/bin/nvcc`` if set, else ``nvcc`` on PATH."""
-    home = os.environ.get("CUDA_HOME")
-    if home and (Path(home) / "bin" / "nvcc").is_file():
-        return str(Path(home) / "bin" / "nvcc")
-    found = shutil.which("nvcc")
+    """The CUDA compiler, found where every CUDA tool is found (``host.find_cuda_tool``)."""
+    found = find_cuda_tool(Host(), "nvcc")
     if not found:
         raise TurboError(
             "nvcc",
