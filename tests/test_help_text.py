@@ -25,17 +25,23 @@ def help_dump() -> str:
         import tasks
     finally:
         sys.path.remove(str(REPO))
-    os.environ["COLUMNS"] = "80"
-
     def run(*argv: str) -> str:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             Program(namespace=tasks.ns, binary="invoke").run(["invoke", *argv], exit=False)
         return buf.getvalue()
 
-    out = [run("--list")]
-    for name in sorted(tasks.ns.task_names):
-        out.append(f"=== {name}\n" + run("--help", name))
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"
+    try:
+        out = [run("--list")]
+        for name in sorted(tasks.ns.task_names):
+            out.append(f"=== {name}\n" + run("--help", name))
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
     return "".join(out)
 
 
