@@ -53,21 +53,6 @@ def open_staging(dest: Path, repo: str, adopt: bool) -> StagingRecord:
     return record
 
 
-def own(
-    dest: Path, record: StagingRecord, *, part: str | None = None, folder: str | None = None
-) -> None:
-    """Record a part file or folder as ours before writing it (a crash leaves no stranger)."""
-    changed = False
-    if part is not None and part not in record.parts:
-        record.parts.append(part)
-        changed = True
-    if folder is not None and folder not in record.dirs:
-        record.dirs.append(folder)
-        changed = True
-    if changed:
-        write_record(dest, record)
-
-
 def remove_stale_parts(dest: Path, record: StagingRecord, keep: set[str]) -> list[str]:
     """Delete recorded part files that no planned file will continue (an older revision's)."""
     removed: list[str] = []
